@@ -1,0 +1,1 @@
+"""Change data capture: PostgreSQL logical decoding and Debezium on Kafka Connect."""

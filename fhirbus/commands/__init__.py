@@ -1,0 +1,1 @@
+"""CLI subcommands of the platform core (broker, topics, schemas)."""

@@ -1,0 +1,59 @@
+"""``fhirbus broker`` and ``fhirbus topics``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..settings import Settings
+
+
+def register(sub: Any) -> None:
+    broker = sub.add_parser("broker", help="host the embedded Kafka broker and schema registry")
+    broker.add_argument("--brokers", type=int, default=1, help="number of mock brokers")
+    broker.add_argument("--no-registry", action="store_true", help="do not start the registry")
+    broker.add_argument("--registry-port", type=int, default=0, help="0 picks a free port")
+    broker.set_defaults(func=_broker)
+
+    topics = sub.add_parser("topics", help="the topic catalog")
+    tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    tlist = tsub.add_parser("list", help="print the catalog")
+    tlist.set_defaults(func=_topics_list)
+    apply = tsub.add_parser("apply", help="create/update the catalog's topics on the cluster")
+    apply.add_argument("--dry-run", action="store_true")
+    apply.set_defaults(func=_topics_apply)
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from .. import telemetry
+    from ..embedded.broker import serve
+
+    telemetry.configure_logging(settings.log_level, settings.log_format)
+    return serve(settings.state_dir, args.brokers, not args.no_registry, args.registry_port)
+
+
+def _topics_list(args: argparse.Namespace, settings: Settings) -> int:
+    from fhirbus.schemas.topics import CATALOG
+
+    for spec in CATALOG:
+        print(
+            f"{spec.name:28} partitions={spec.partitions:<3} {spec.classification:12} "
+            f"owner={spec.owner:14} retention_ms={spec.retention_ms} {spec.cleanup_policy}"
+        )
+    return 0
+
+
+def _topics_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from ..kafka.admin import apply_catalog
+
+    if settings.uses_embedded_broker:
+        print("embedded broker: the catalog's topics are created when `fhirbus broker` starts")
+        return 0
+    report = apply_catalog(settings, dry_run=args.dry_run)
+    for line in report.lines():
+        print(line)
+    if report.failed:
+        print(f"{len(report.failed)} topic(s) failed; see above", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Embedded services for one machine and for tests: the mock Kafka cluster and the registry."""

@@ -1,0 +1,1 @@
+"""Kafka client configuration and the producer every fhirbus component publishes with."""

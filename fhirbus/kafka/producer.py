@@ -1,0 +1,108 @@
+"""The producer every fhirbus component publishes with: delivery futures, never fire-and-forget.
+
+A record counts as written only when its future resolves; a failed delivery raises on
+``result()`` for the caller that cares (the MLLP ACK, the offset commit), so no error is
+swallowed in a callback.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as _KafkaProducer
+
+from .. import telemetry
+from ..telemetry import Headers
+
+
+class DeliveryError(Exception):
+    """The broker did not accept a record. ``retriable`` says whether trying again may help."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(f"delivery failed: {error.str()} ({error.name()})")
+        self.error = error
+        self.retriable = error.retriable() and not error.fatal()
+
+
+class Producer:
+    """Thin wrapper over confluent_kafka.Producer that returns a Future per record."""
+
+    def __init__(self, config: dict[str, Any], *, trace_propagation: bool = True) -> None:
+        self._producer = _KafkaProducer(config)
+        self._trace = trace_propagation
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> Future[Message]:
+        future: Future[Message] = Future()
+        if self._trace:
+            headers = telemetry.inject(headers)
+        kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": _resolver(future)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, value, **kwargs)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room (backpressure).
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                future.set_exception(DeliveryError(exc.args[0]))
+                break
+        self._producer.poll(0)
+        return future
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still in flight."""
+        return self._producer.flush(timeout)
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+    def start_background_polling(self, interval: float = 0.05) -> None:
+        """Serve delivery callbacks from a thread, for callers that wait on futures."""
+        if self._poller is not None:
+            return
+        self._poller = threading.Thread(target=self._poll_loop, args=(interval,), daemon=True)
+        self._poller.start()
+
+    def _poll_loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(interval)
+
+    def close(self, timeout: float = 30.0) -> int:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+            self._poller = None
+        return self._producer.flush(timeout)
+
+    @property
+    def raw(self) -> _KafkaProducer:
+        return self._producer
+
+
+def _resolver(future: Future[Message]) -> Any:
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if future.done():
+            return
+        if err is not None:
+            future.set_exception(DeliveryError(err))
+        else:
+            future.set_result(msg)
+
+    return on_delivery

@@ -1,0 +1,144 @@
+"""Typed configuration: environment variables ``FHIRBUS_*`` over an optional TOML file.
+
+Validation happens once, at start; a bad value stops the process with a message that names
+the setting (as its environment variable) and the expected form, never the value itself,
+because values may be secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "FHIRBUS_"
+CONFIG_FILE_ENV = "FHIRBUS_CONFIG"
+_HOSTPORT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message is safe to print (it holds no values)."""
+
+
+class RuntimeSettings(BaseModel):
+    """How the consumer runtime polls, retries and gives up."""
+
+    batch_size: int = Field(500, ge=1, le=100_000)
+    poll_timeout_s: float = Field(0.5, gt=0, le=60)
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_initial_ms: int = Field(100, ge=1)
+    backoff_max_ms: int = Field(30_000, ge=1)
+    # A downstream outage pauses the partition and retries forever instead of
+    # dead-lettering the whole backlog; this caps the pause between probes.
+    outage_probe_max_ms: int = Field(60_000, ge=100)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+
+
+class TelemetrySettings(BaseModel):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = None
+    service_name: str = "fhirbus"
+    metrics_interval_s: float = Field(30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Every setting has an environment variable: ``FHIRBUS_<NAME>``, nested with ``__``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port...] of a real cluster; unset = embedded broker"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    # Anything else librdkafka understands, passed through untouched (e.g. tuning).
+    kafka_extra: dict[str, str] = Field(default_factory=dict)
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth: SecretStr | None = None
+    state_dir: Path = Field(default_factory=lambda: _default_state_dir())
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_form(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = [p.strip() for p in value.split(",")]
+        if not all(_HOSTPORT.match(p) for p in parts):
+            raise ValueError("expected host:port[,host:port...]")
+        return ",".join(parts)
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_form(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http(s):// URL")
+        return value.rstrip("/")
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fhirbus"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings or raise ConfigError naming every bad setting and its expected form."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"configuration file {config_file} does not exist")
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read configuration file: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        path = "__".join(str(p) for p in err["loc"])
+        name = ENV_PREFIX + path.upper()
+        lines.append(f"  {name}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Read models (EHR, billing, analytics) built from canonical topics."""

@@ -1,0 +1,1 @@
+"""Drift detection between sources, canonical topics and projections; replay tooling."""
