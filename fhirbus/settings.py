@@ -50,6 +50,29 @@ class TelemetrySettings(BaseModel):
     metrics_interval_s: float = Field(30.0, gt=0)
 
 
+class Hl7ListenerSettings(BaseModel):
+    """The MLLP listener (``fhirbus hl7 listen``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=0, le=65535)
+    listener_id: str = "mllp-1"
+    feed: str = "default"
+    max_message_bytes: int = Field(1_048_576, ge=1_024)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    # How long the broker may take to confirm before the message is spooled locally.
+    broker_confirm_timeout_s: float = Field(2.0, gt=0)
+    spool_path: Path | None = None  # default: <state_dir>/spool/<listener_id>.sqlite
+    duplicate_window_s: float = Field(3600.0, ge=0)
+    supported_versions: list[str] = Field(
+        default_factory=lambda: ["2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6",
+                                 "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"]
+    )
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set = mutual TLS: clients must present a cert
+
+
 class Settings(BaseSettings):
     """Every setting has an environment variable: ``FHIRBUS_<NAME>``, nested with ``__``."""
 
@@ -75,6 +98,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    hl7: Hl7ListenerSettings = Field(default_factory=Hl7ListenerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("kafka_bootstrap")

@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _KafkaProducer
+from opentelemetry import trace
 
 from .. import telemetry
 from ..telemetry import Headers
@@ -33,6 +34,7 @@ class Producer:
     def __init__(self, config: dict[str, Any], *, trace_propagation: bool = True) -> None:
         self._producer = _KafkaProducer(config)
         self._trace = trace_propagation
+        self._tracer = telemetry.tracer("fhirbus.kafka")
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -46,7 +48,12 @@ class Producer:
     ) -> Future[Message]:
         future: Future[Message] = Future()
         if self._trace:
-            headers = telemetry.inject(headers)
+            # One PRODUCER span per record; its context rides in the headers, so the
+            # consumer's span joins the same trace.
+            with self._tracer.start_as_current_span(
+                f"{topic} publish", kind=trace.SpanKind.PRODUCER
+            ):
+                headers = telemetry.inject(headers)
         kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": _resolver(future)}
         if partition is not None:
             kwargs["partition"] = partition

@@ -1,0 +1,335 @@
+"""The one poll loop every fhirbus consumer runs on.
+
+poll a batch -> decode -> handle (plain function: record -> effects) -> dead-letter what
+fails permanently -> sink applies effects with positions -> commit offsets. Offsets move
+only after the effect (or the dead-letter write) is confirmed, so a crash anywhere means
+redelivery, and idempotent effects make redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry import trace
+
+from fhirbus import telemetry
+from fhirbus.kafka.config import consumer_config, producer_config
+from fhirbus.kafka.producer import Producer
+from fhirbus.schemas.topics import dead_letter_topic
+from fhirbus.settings import RuntimeSettings, Settings
+
+from .backoff import backoff_ms
+from .deadletter import dead_letter
+from .errors import DeserializationError, ErrorClass, classify
+from .metrics import RuntimeMetrics
+from .records import Outcome, Publish, Record
+from .sinks import KafkaSink, Sink, confirm
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Record], Iterable[Any] | None]
+Decoder = Callable[[bytes | None, str], Any]
+
+
+@dataclass
+class ConsumerSpec:
+    """What a consumer is: its stage name (for the dead-letter topic), group, topics, code."""
+
+    stage: str
+    group_id: str
+    topics: Sequence[str]
+    handler: Handler
+    decode: Decoder | None = None
+    dead_letter_topic: str | None = None
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or dead_letter_topic(self.stage)
+
+
+class _Stop(Exception):
+    """Shutdown was requested while waiting; unwind without storing the current record."""
+
+
+class ConsumerRuntime:
+    def __init__(
+        self,
+        spec: ConsumerSpec,
+        settings: Settings,
+        sink: Sink | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        self.spec = spec
+        self.rt: RuntimeSettings = settings.runtime
+        self.metrics = RuntimeMetrics(spec.group_id)
+        self.producer = producer or Producer(producer_config(settings))
+        self.sink = sink or KafkaSink(self.producer)
+        conf = consumer_config(settings, spec.group_id, **spec.consumer_overrides)
+        conf.setdefault("statistics.interval.ms", 5_000)
+        # An outage pause sleeps between probes without polling; allow it a long leash.
+        conf.setdefault("max.poll.interval.ms", 900_000)
+        conf["stats_cb"] = self.metrics.on_stats
+        self.consumer = Consumer(conf)
+        self._stop = threading.Event()
+        self._revoked: set[tuple[str, int]] = set()
+        self._assigned: set[tuple[str, int]] = set()
+        self._tracer = telemetry.tracer("fhirbus.consumers")
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, max_records: int | None = None, idle_exit_s: float | None = None) -> int:
+        """Consume until stopped (or, for tools and tests, a record budget / idle time)."""
+        self.consumer.subscribe(
+            list(self.spec.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        done, idle_since = 0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                n = self._run_batch()
+                done += n
+                # Idle time counts only while partitions are assigned: a group still waiting
+                # for a dead member's session to expire is not idle, it is blocked.
+                idle_since = time.monotonic() if n or not self._assigned else idle_since
+                if max_records is not None and done >= max_records:
+                    break
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+        finally:
+            self._close()
+        return done
+
+    def _close(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("final commit failed", extra={"error": exc.args[0].name()})
+        self.consumer.close()
+        self.producer.flush(30)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._revoked.difference_update(keys)
+        self._assigned.update(keys)
+        stored = self.sink.stored_positions(keys)
+        for p in partitions:
+            if (p.topic, p.partition) in stored:
+                p.offset = stored[(p.topic, p.partition)]
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked.update((p.topic, p.partition) for p in partitions)
+        self._assigned.difference_update((p.topic, p.partition) for p in partitions)
+        # Nothing stored yet is fine: the next owner starts from the last commit.
+        with contextlib.suppress(KafkaException):
+            consumer.commit(asynchronous=False)
+        consumer.incremental_unassign(partitions)
+
+    # -- one batch -----------------------------------------------------------------------
+    def _run_batch(self) -> int:
+        messages = self.consumer.consume(self.rt.batch_size, self.rt.poll_timeout_s)
+        if not messages:
+            return 0
+        outcomes: list[Outcome] = []
+        dead: list[Publish] = []
+        positions: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], Message] = {}
+        try:
+            for msg in messages:
+                if self._stop.is_set():
+                    break
+                if not self._usable(msg):
+                    continue
+                self._process(msg, outcomes, dead)
+                tp = (msg.topic(), msg.partition())
+                positions[tp] = msg.offset() + 1
+                last[tp] = msg
+        except _Stop:
+            pass
+        self._apply(outcomes, dead, positions)
+        self._commit(last)
+        return len(outcomes) + len(dead)
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"error": err.name()})
+            return False
+        return (msg.topic(), msg.partition()) not in self._revoked
+
+    def _process(self, msg: Message, outcomes: list[Outcome], dead: list[Publish]) -> None:
+        self.metrics.add("consumed")
+        parent = telemetry.extract(msg.headers())
+        with self._tracer.start_as_current_span(
+            f"{msg.topic()} process", context=parent, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("messaging.kafka.partition", msg.partition())
+            span.set_attribute("messaging.kafka.offset", msg.offset())
+            record = _record(msg)
+            result = self._handle(record)
+            if isinstance(result, Publish):
+                dead.append(result)
+            else:
+                outcomes.append(result)
+
+    def _handle(self, record: Record) -> Outcome | Publish:
+        attempts, first_failed = 0, None
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                if self.spec.decode is not None:
+                    record = _decoded(record, self.spec.decode)
+                effects = tuple(self.spec.handler(record) or ())
+                self.metrics.latency.record(
+                    (time.perf_counter() - started) * 1000, self.metrics.attrs
+                )
+                return Outcome(record, effects)
+            except Exception as exc:  # classified below; nothing is swallowed
+                first_failed = first_failed or datetime.now(UTC)
+                self.metrics.add("failed")
+                cls = classify(exc)
+                give_up = cls is ErrorClass.PERMANENT or (
+                    cls is ErrorClass.TRANSIENT and attempts >= self.rt.max_attempts
+                )
+                if give_up:
+                    return self._dead_letter(record, exc, cls, attempts, first_failed)
+                self.metrics.add("retried")
+                cap = self.rt.outage_probe_max_ms if cls is ErrorClass.OUTAGE else None
+                self._wait(attempts, cap)
+
+    def _dead_letter(
+        self,
+        record: Record,
+        exc: BaseException,
+        cls: ErrorClass,
+        attempts: int,
+        first_failed: datetime,
+    ) -> Publish:
+        label = "exhausted" if cls is ErrorClass.TRANSIENT else str(cls)
+        if isinstance(exc, DeserializationError):
+            label = "deserialization"
+        self.metrics.add("dead_lettered")
+        log.warning(
+            "record dead-lettered",
+            extra={
+                "stage": self.spec.stage,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error_class": label,
+                "error_type": type(exc).__name__,
+                "attempts": attempts,
+            },
+        )
+        return dead_letter(
+            record,
+            topic=self.spec.dlq_topic,
+            stage=self.spec.stage,
+            group=self.spec.group_id,
+            error=exc,
+            error_class=label,
+            attempts=attempts,
+            first_failed_at=first_failed,
+            trace_id=telemetry.current_trace_id(),
+        )
+
+    def _apply(
+        self, outcomes: list[Outcome], dead: list[Publish], positions: dict[tuple[str, int], int]
+    ) -> None:
+        """Dead letters first, then the sink: once positions are stored, both must be durable."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                futures = [self.producer.send(d.topic, d.value, d.key, d.headers) for d in dead]
+                confirm(self.producer, futures, 60.0)
+                dead = []  # confirmed; a retry below must not write them twice
+                self.sink.apply(outcomes, positions)
+                return
+            except Exception as exc:
+                cls = classify(exc)
+                log.warning(
+                    "batch apply failed",
+                    extra={"error_class": str(cls), "error_type": type(exc).__name__},
+                )
+                if cls is ErrorClass.PERMANENT and not dead:
+                    self._isolate(outcomes, positions)
+                    return
+                self._wait(attempts, self.rt.outage_probe_max_ms, interruptible=False)
+
+    def _isolate(self, outcomes: list[Outcome], positions: dict[tuple[str, int], int]) -> None:
+        """A batch the sink rejects for good: apply record by record so only the poison
+        record is dead-lettered, instead of crash-looping on the whole batch."""
+        for outcome in outcomes:
+            rec = outcome.record
+            try:
+                self.sink.apply([outcome], {(rec.topic, rec.partition): rec.offset + 1})
+            except Exception as exc:
+                if classify(exc) is not ErrorClass.PERMANENT:
+                    raise
+                d = self._dead_letter(rec, exc, ErrorClass.PERMANENT, 1, datetime.now(UTC))
+                confirm(self.producer, [self.producer.send(d.topic, d.value, d.key, d.headers)], 60)
+        self.sink.apply([], positions)
+
+    def _commit(self, last: dict[tuple[str, int], Message]) -> None:
+        if not last:
+            return
+        self.consumer.store_offsets(offsets=[
+            TopicPartition(t, p, m.offset() + 1) for (t, p), m in last.items()
+        ])
+        try:
+            self.consumer.commit(asynchronous=True)
+        except KafkaException as exc:
+            log.warning("offset commit failed", extra={"error": exc.args[0].name()})
+
+    def _wait(self, attempt: int, cap_ms: int | None, interruptible: bool = True) -> None:
+        delay = backoff_ms(attempt, self.rt.backoff_initial_ms, cap_ms or self.rt.backoff_max_ms)
+        deadline = time.monotonic() + delay / 1000
+        while time.monotonic() < deadline:
+            if interruptible and self._stop.is_set():
+                raise _Stop()
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def _record(msg: Message) -> Record:
+    return Record(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        key=msg.key(),
+        raw=msg.value(),
+        headers=list(msg.headers() or ()),
+        timestamp_ms=msg.timestamp()[1],
+        value=msg.value(),
+    )
+
+
+def _decoded(record: Record, decode: Decoder) -> Record:
+    try:
+        value = decode(record.raw, record.topic)
+    except Exception as exc:
+        raise DeserializationError(f"cannot decode record: {type(exc).__name__}") from exc
+    return Record(
+        record.topic, record.partition, record.offset, record.key, record.raw,
+        record.headers, record.timestamp_ms, value,
+    )

@@ -1,0 +1,64 @@
+"""Where a batch's effects go, together with the positions that produced them.
+
+A sink applies a batch atomically with its positions: KafkaSink publishes ``Publish``
+effects and confirms every delivery before the runtime commits offsets to Kafka; a
+projection's database sink writes rows and (topic, partition) -> offset in one transaction,
+and is asked for those positions when partitions are assigned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Protocol
+
+from fhirbus.kafka.producer import DeliveryError, Producer
+
+from .errors import DownstreamUnavailable, PermanentError, TransientError
+from .records import Outcome, Publish
+
+TopicPartition = tuple[str, int]
+
+
+class Sink(Protocol):
+    def apply(self, outcomes: Sequence[Outcome], positions: dict[TopicPartition, int]) -> None:
+        """Apply all effects and remember positions (next offset to read), atomically."""
+
+    def stored_positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Positions this sink committed itself; {} means: trust Kafka's committed offsets."""
+
+
+class KafkaSink:
+    """Publishes Publish effects; positions live in Kafka's committed offsets."""
+
+    def __init__(self, producer: Producer, flush_timeout_s: float = 60.0) -> None:
+        self._producer = producer
+        self._timeout = flush_timeout_s
+
+    def apply(self, outcomes: Sequence[Outcome], positions: dict[TopicPartition, int]) -> None:
+        futures = [
+            self._producer.send(e.topic, e.value, e.key, e.headers)
+            for outcome in outcomes
+            for e in outcome.effects
+            if isinstance(e, Publish)
+        ]
+        confirm(self._producer, futures, self._timeout)
+
+    def stored_positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {}
+
+
+def confirm(producer: Producer, futures: list[Future], timeout_s: float) -> None:
+    """Wait until the broker confirmed every future, or raise a classified error."""
+    if not futures:
+        return
+    if producer.flush(timeout_s) > 0:
+        raise DownstreamUnavailable("broker did not confirm the batch in time")
+    for fut in futures:
+        exc = fut.exception(timeout=0)
+        if isinstance(exc, DeliveryError):
+            if exc.retriable:
+                raise TransientError(str(exc)) from exc
+            raise PermanentError(str(exc)) from exc
+        if exc is not None:
+            raise exc
