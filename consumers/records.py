@@ -8,24 +8,102 @@ from typing import Any
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    """One consumed Kafka record with its decoded value."""
+    """One consumed Kafka record, its decoded value, and the effects its handler returned.
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    raw: bytes | None
-    headers: Headers
-    timestamp_ms: int
-    value: Any = None
+    Kafka metadata is read from the underlying message only when asked for: building eight
+    attributes per record up front costs more than most handlers spend on the record.
+    """
+
+    __slots__ = ("_msg", "effects", "value")
+
+    def __init__(self, msg: Any, value: Any = None) -> None:
+        self._msg = msg
+        self.value = value
+        self.effects: tuple[Any, ...] = ()
+
+    @classmethod
+    def detached(
+        cls,
+        topic: str,
+        partition: int,
+        offset: int,
+        raw: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int = 0,
+    ) -> Record:
+        """A record not read from Kafka (tools, tests, replays from a file)."""
+        msg = _Detached(topic, partition, offset, key, raw, headers or [], timestamp_ms)
+        return cls(msg, raw)
+
+    @property
+    def topic(self) -> str:
+        return self._msg.topic()
+
+    @property
+    def partition(self) -> int:
+        return self._msg.partition()
+
+    @property
+    def offset(self) -> int:
+        return self._msg.offset()
+
+    @property
+    def key(self) -> bytes | None:
+        return self._msg.key()
+
+    @property
+    def raw(self) -> bytes | None:
+        return self._msg.value()
+
+    @property
+    def headers(self) -> Headers:
+        return self._msg.headers() or []
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self._msg.timestamp()[1]
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
             if k == name and v is not None:
                 return v.decode("utf-8", "replace")
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Detached:
+    """Quacks like confluent_kafka.Message for the accessors Record uses."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _key: bytes | None
+    _value: bytes | None
+    _headers: Headers
+    _timestamp_ms: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> Headers:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +117,3 @@ class Publish:
     headers: Headers = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The result of handling one record: its effects, ready for the sink."""
-
-    record: Record
-    effects: tuple[Any, ...]

@@ -31,7 +31,7 @@ from .backoff import backoff_ms
 from .deadletter import dead_letter
 from .errors import DeserializationError, ErrorClass, classify
 from .metrics import RuntimeMetrics
-from .records import Outcome, Publish, Record
+from .records import Publish, Record
 from .sinks import KafkaSink, Sink, confirm
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,14 @@ class ConsumerRuntime:
         conf["stats_cb"] = self.metrics.on_stats
         self.consumer = Consumer(conf)
         self._stop = threading.Event()
+        self._stopping = False
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
         self._tracer = telemetry.tracer("fhirbus.consumers")
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
+        self._stopping = True  # read per record: a plain attribute is cheaper than an Event
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -146,64 +148,68 @@ class ConsumerRuntime:
         messages = self.consumer.consume(self.rt.batch_size, self.rt.poll_timeout_s)
         if not messages:
             return 0
-        outcomes: list[Outcome] = []
+        outcomes: list[Record] = []
         dead: list[Publish] = []
-        positions: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], Message] = {}
+        started = time.perf_counter()
         try:
             for msg in messages:
-                if self._stop.is_set():
+                if self._stopping:
                     break
-                if not self._usable(msg):
+                result = self._process(msg)
+                if result is None:
                     continue
-                self._process(msg, outcomes, dead)
-                tp = (msg.topic(), msg.partition())
-                positions[tp] = msg.offset() + 1
-                last[tp] = msg
+                (dead if isinstance(result, Publish) else outcomes).append(result)
+                last[(msg.topic(), msg.partition())] = msg
         except _Stop:
             pass
+        done = len(outcomes) + len(dead)
+        self.metrics.record_batch(done, time.perf_counter() - started)
+        positions = {tp: m.offset() + 1 for tp, m in last.items()}
         self._apply(outcomes, dead, positions)
         self._commit(last)
-        return len(outcomes) + len(dead)
+        return done
 
-    def _usable(self, msg: Message) -> bool:
+    def _process(self, msg: Message) -> Record | Publish | None:
         err = msg.error()
         if err is not None:
             if err.fatal():
                 raise KafkaException(err)
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error", extra={"error": err.name()})
-            return False
-        return (msg.topic(), msg.partition()) not in self._revoked
-
-    def _process(self, msg: Message, outcomes: list[Outcome], dead: list[Publish]) -> None:
-        self.metrics.add("consumed")
-        parent = telemetry.extract(msg.headers())
+            return None
+        topic, partition = msg.topic(), msg.partition()
+        if self._revoked and (topic, partition) in self._revoked:
+            return None  # handed to another member mid-batch; it will redo this record
+        headers = msg.headers()
+        record = Record(msg, msg.value())
+        if not headers or not any(k == "traceparent" for k, _ in headers):
+            return self._handle(record)
+        # Continue the producer's trace; untraced records skip span cost on the hot path.
         with self._tracer.start_as_current_span(
-            f"{msg.topic()} process", context=parent, kind=trace.SpanKind.CONSUMER
-        ) as span:
-            span.set_attribute("messaging.kafka.partition", msg.partition())
-            span.set_attribute("messaging.kafka.offset", msg.offset())
-            record = _record(msg)
-            result = self._handle(record)
-            if isinstance(result, Publish):
-                dead.append(result)
-            else:
-                outcomes.append(result)
+            f"{topic} process",
+            context=telemetry.extract(headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.kafka.partition": partition,
+                "messaging.kafka.offset": msg.offset(),
+            },
+        ):
+            return self._handle(record)
 
-    def _handle(self, record: Record) -> Outcome | Publish:
+    def _handle(self, record: Record) -> Record | Publish:
         attempts, first_failed = 0, None
+        decode, handler = self.spec.decode, self.spec.handler
         while True:
             attempts += 1
-            started = time.perf_counter()
             try:
-                if self.spec.decode is not None:
-                    record = _decoded(record, self.spec.decode)
-                effects = tuple(self.spec.handler(record) or ())
-                self.metrics.latency.record(
-                    (time.perf_counter() - started) * 1000, self.metrics.attrs
-                )
-                return Outcome(record, effects)
+                if decode is not None:
+                    try:
+                        record.value = decode(record.raw, record.topic)
+                    except Exception as exc:
+                        raise _decode_error(exc) from exc
+                record.effects = tuple(handler(record) or ())
+                return record
             except Exception as exc:  # classified below; nothing is swallowed
                 first_failed = first_failed or datetime.now(UTC)
                 self.metrics.add("failed")
@@ -254,7 +260,7 @@ class ConsumerRuntime:
         )
 
     def _apply(
-        self, outcomes: list[Outcome], dead: list[Publish], positions: dict[tuple[str, int], int]
+        self, outcomes: list[Record], dead: list[Publish], positions: dict[tuple[str, int], int]
     ) -> None:
         """Dead letters first, then the sink: once positions are stored, both must be durable."""
         attempts = 0
@@ -277,13 +283,12 @@ class ConsumerRuntime:
                     return
                 self._wait(attempts, self.rt.outage_probe_max_ms, interruptible=False)
 
-    def _isolate(self, outcomes: list[Outcome], positions: dict[tuple[str, int], int]) -> None:
+    def _isolate(self, outcomes: list[Record], positions: dict[tuple[str, int], int]) -> None:
         """A batch the sink rejects for good: apply record by record so only the poison
         record is dead-lettered, instead of crash-looping on the whole batch."""
-        for outcome in outcomes:
-            rec = outcome.record
+        for rec in outcomes:
             try:
-                self.sink.apply([outcome], {(rec.topic, rec.partition): rec.offset + 1})
+                self.sink.apply([rec], {(rec.topic, rec.partition): rec.offset + 1})
             except Exception as exc:
                 if classify(exc) is not ErrorClass.PERMANENT:
                     raise
@@ -311,25 +316,8 @@ class ConsumerRuntime:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-def _record(msg: Message) -> Record:
-    return Record(
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
-        key=msg.key(),
-        raw=msg.value(),
-        headers=list(msg.headers() or ()),
-        timestamp_ms=msg.timestamp()[1],
-        value=msg.value(),
-    )
-
-
-def _decoded(record: Record, decode: Decoder) -> Record:
-    try:
-        value = decode(record.raw, record.topic)
-    except Exception as exc:
-        raise DeserializationError(f"cannot decode record: {type(exc).__name__}") from exc
-    return Record(
-        record.topic, record.partition, record.offset, record.key, record.raw,
-        record.headers, record.timestamp_ms, value,
-    )
+def _decode_error(exc: Exception) -> Exception:
+    # A registry or network failure while decoding is not the record's fault: keep its class.
+    if classify(exc) is not ErrorClass.PERMANENT:
+        return exc
+    return DeserializationError(f"cannot decode record: {type(exc).__name__}")

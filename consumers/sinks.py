@@ -15,13 +15,13 @@ from typing import Protocol
 from fhirbus.kafka.producer import DeliveryError, Producer
 
 from .errors import DownstreamUnavailable, PermanentError, TransientError
-from .records import Outcome, Publish
+from .records import Publish, Record
 
 TopicPartition = tuple[str, int]
 
 
 class Sink(Protocol):
-    def apply(self, outcomes: Sequence[Outcome], positions: dict[TopicPartition, int]) -> None:
+    def apply(self, records: Sequence[Record], positions: dict[TopicPartition, int]) -> None:
         """Apply all effects and remember positions (next offset to read), atomically."""
 
     def stored_positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
@@ -35,11 +35,11 @@ class KafkaSink:
         self._producer = producer
         self._timeout = flush_timeout_s
 
-    def apply(self, outcomes: Sequence[Outcome], positions: dict[TopicPartition, int]) -> None:
+    def apply(self, records: Sequence[Record], positions: dict[TopicPartition, int]) -> None:
         futures = [
             self._producer.send(e.topic, e.value, e.key, e.headers)
-            for outcome in outcomes
-            for e in outcome.effects
+            for record in records
+            for e in record.effects
             if isinstance(e, Publish)
         ]
         confirm(self._producer, futures, self._timeout)

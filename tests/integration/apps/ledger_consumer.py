@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from fhirbus.consumers.records import Outcome
+from fhirbus.consumers.records import Record
 from fhirbus.consumers.runtime import ConsumerRuntime, ConsumerSpec
 from fhirbus.settings import load_settings
 
@@ -34,17 +34,17 @@ class LedgerSink:
         self.db.executescript(SCHEMA)
         self.slow_s = slow_s
 
-    def apply(self, outcomes: Sequence[Outcome], positions: dict[tuple[str, int], int]) -> None:
+    def apply(self, records: Sequence[Record], positions: dict[tuple[str, int], int]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
-        for outcome in outcomes:
-            for event in outcome.effects:
+        for record in records:
+            for event in record.effects:
                 self._credit(event)
         time.sleep(self.slow_s)  # widen the window in which SIGKILL lands mid-batch
         self.db.executemany(
             "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
             [(t, p, o) for (t, p), o in positions.items()],
         )
-        self.db.execute("INSERT INTO deliveries VALUES (?)", (len(outcomes),))
+        self.db.execute("INSERT INTO deliveries VALUES (?)", (len(records),))
         self.db.execute("COMMIT")
 
     def _credit(self, event: dict) -> None:
