@@ -31,12 +31,21 @@ class DeliveryError(Exception):
 class Producer:
     """Thin wrapper over confluent_kafka.Producer that returns a Future per record."""
 
-    def __init__(self, config: dict[str, Any], *, trace_propagation: bool = True) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        trace_propagation: bool = True,
+        background_poll: bool = True,
+    ) -> None:
         self._producer = _KafkaProducer(config)
         self._trace = trace_propagation
         self._tracer = telemetry.tracer("fhirbus.kafka")
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        if background_poll:
+            # Futures must resolve even when the caller only waits on them (result()).
+            self.start_background_polling()
 
     def send(
         self,
