@@ -1,0 +1,89 @@
+"""Configuration fails at start, naming the setting and the expected form, never the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fhirbus.cli import main
+from fhirbus.kafka.config import NoBrokerError, client_config, producer_config
+from fhirbus.settings import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("FHIRBUS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("FHIRBUS_STATE_DIR", str(tmp_path / "state"))
+
+
+def test_defaults_mean_embedded() -> None:
+    settings = load_settings()
+    assert settings.uses_embedded_broker
+    assert settings.runtime.max_attempts == 5
+
+
+def test_bad_bootstrap_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "kafka-without-port")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "FHIRBUS_KAFKA_BOOTSTRAP" in str(err.value)
+    assert "host:port" in str(err.value)
+    assert "kafka-without-port" not in str(err.value)
+
+
+def test_nested_setting_error_names_nested_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRBUS_RUNTIME__MAX_ATTEMPTS", "0")
+    with pytest.raises(ConfigError, match="FHIRBUS_RUNTIME__MAX_ATTEMPTS"):
+        load_settings()
+
+
+def test_unknown_setting_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "fhirbus.toml"
+    config.write_text('kafka_bootstrp = "a:1"\n')
+    with pytest.raises(ConfigError, match="FHIRBUS_KAFKA_BOOTSTRP"):
+        load_settings(config)
+
+
+def test_toml_file_then_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "fhirbus.toml"
+    config.write_text('kafka_bootstrap = "k1:9092,k2:9092"\n[runtime]\nmax_attempts = 3\n')
+    monkeypatch.setenv("FHIRBUS_RUNTIME__MAX_ATTEMPTS", "7")
+    settings = load_settings(config)
+    assert settings.kafka_bootstrap == "k1:9092,k2:9092"
+    assert settings.runtime.max_attempts == 7
+
+
+def test_security_settings_pass_through_and_secret_is_not_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "k1:9093")
+    monkeypatch.setenv("FHIRBUS_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FHIRBUS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FHIRBUS_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("FHIRBUS_KAFKA_SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("FHIRBUS_KAFKA_EXTRA", '{"socket.keepalive.enable": "true"}')
+    settings = load_settings()
+    conf = producer_config(settings)
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.password"] == "s3cret"
+    assert conf["socket.keepalive.enable"] == "true"
+    assert conf["enable.idempotence"] is True and conf["acks"] == "all"
+    assert "s3cret" not in repr(settings)
+
+
+def test_no_broker_anywhere_says_what_to_do() -> None:
+    with pytest.raises(NoBrokerError, match="fhirbus broker"):
+        client_config(load_settings())
+
+
+def test_cli_exits_2_with_the_setting_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("FHIRBUS_LOG_LEVEL", "LOUD")
+    assert main(["topics", "list"]) == 2
+    assert "FHIRBUS_LOG_LEVEL" in capsys.readouterr().err
