@@ -17,7 +17,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fhirbus.embedded.broker import EmbeddedStack
 from fhirbus.settings import Settings, load_settings
 
-
 _SPANS = InMemorySpanExporter()
 
 

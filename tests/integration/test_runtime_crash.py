@@ -21,7 +21,9 @@ from fhirbus.settings import Settings
 N = 5_000
 
 
-def _spawn(db: Path, topic: str, group: str, repo: Path, idle_exit: float | None) -> subprocess.Popen:
+def _spawn(
+    db: Path, topic: str, group: str, repo: Path, idle_exit: float | None
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tests.integration.apps.ledger_consumer", "--db", str(db),
            "--topic", topic, "--group", group, "--slow", "0.02"]
     if idle_exit is not None:
