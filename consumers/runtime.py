@@ -72,6 +72,7 @@ class ConsumerRuntime:
         self.spec = spec
         self.rt: RuntimeSettings = settings.runtime
         self.metrics = RuntimeMetrics(spec.group_id)
+        self._owns_producer = producer is None
         self.producer = producer or Producer(producer_config(settings))
         self.sink = sink or KafkaSink(self.producer)
         conf = consumer_config(settings, spec.group_id, **spec.consumer_overrides)
@@ -123,7 +124,10 @@ class ConsumerRuntime:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("final commit failed", extra={"error": exc.args[0].name()})
         self.consumer.close()
-        self.producer.flush(30)
+        if self._owns_producer:
+            self.producer.close(30)  # flushes, and stops its poll thread
+        else:
+            self.producer.flush(30)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(p.topic, p.partition) for p in partitions]
