@@ -34,7 +34,7 @@ from hl7apy.parser import parse_message
 
 from fhirbus.hl7 import HL7EncodingError, HL7ParseError, decode_message, parse, split_batch
 
-DEFAULT_CORPUS = Path("/work/shared/corpus/hl7v2")
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7v2"
 
 
 def load(corpus: Path) -> list[tuple[str, str]]:

@@ -66,7 +66,7 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.corpus import CORPUS_ROOT as CORPUS  # noqa: E402
 
 
 @pytest.fixture

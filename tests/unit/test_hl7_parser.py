@@ -3,8 +3,6 @@ batches, and the documented outcome of every corpus file under invalid/."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fhirbus.hl7 import (
@@ -20,8 +18,9 @@ from fhirbus.hl7 import (
     split_batch,
     unescape,
 )
+from tests.corpus import HL7_CORPUS
 
-CORPUS = Path("/work/shared/corpus/hl7v2")
+CORPUS = HL7_CORPUS
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared HL7 corpus not mounted")
 
 MSH = "MSH|^~\\&|LAB^1.2.3^ISO|FAC|RCV|RFAC|20240101120000||ORU^R01^ORU_R01|CTRL1|P^T|2.5.1|||AL|NE"
@@ -515,7 +514,7 @@ def test_split_batch_segment_outside_message() -> None:
     assert info.value.reason == "no_msh" and "SECRET" not in str(info.value)
 
 
-# --- corpus quirks (see /work/shared/corpus/SOURCES.md) ----------------------------------
+# --- corpus quirks (see shared/corpus/SOURCES.md) ----------------------------------
 
 
 @needs_corpus

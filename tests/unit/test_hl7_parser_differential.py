@@ -1,6 +1,6 @@
 """Differential test: our parser against hl7apy (and python-hl7's unescaper) on the corpus.
 
-For every message in /work/shared/corpus/hl7v2 (batch files split with split_batch) that
+For every message in shared/corpus/hl7v2 (batch files split with split_batch) that
 hl7apy accepts, every leaf (field / repetition / component / subcomponent) we expose must
 equal hl7apy's leaf. hl7apy keeps leaves *escaped* (it never unescapes on parse), so leaves
 are compared raw; decoded values are compared separately against python-hl7's unescaper.
@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import hl7 as pyhl7
@@ -38,8 +37,9 @@ from fhirbus.hl7 import (
     parse,
     split_batch,
 )
+from tests.corpus import HL7_CORPUS
 
-CORPUS = Path("/work/shared/corpus/hl7v2")
+CORPUS = HL7_CORPUS
 _INDEXED = re.compile(r"_(\d+)$")
 
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared HL7 corpus not mounted")
