@@ -16,7 +16,9 @@ from .settings import ConfigError, Settings, load_settings
 COMMAND_MODULES: tuple[str, ...] = (
     "fhirbus.commands.platform",
     "fhirbus.commands.schemas",
+    "fhirbus.commands.demo",
     "fhirbus.producers.cli",
+    "fhirbus.consumers.cli",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], int]
