@@ -7,6 +7,7 @@ import io
 import shutil
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import fastavro
 import orjson
@@ -107,6 +108,37 @@ def test_kcat_avro_mode_decodes_through_the_embedded_registry(
     out = _kcat(embedded_stack, topic, "-s", "value=avro", "-r", embedded_stack.registry_url, "-J")
     record = orjson.loads(out.decode().strip().splitlines()[0])
     assert record["payload"]["event_id"] == event.event_id
+
+
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "node"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_CLIENT / "node_modules").is_dir(),
+    reason="node or tests/clients/node/node_modules missing (scripts/setup installs them)",
+)
+def test_a_third_party_confluent_client_decodes_a_canonical_topic(unique: str) -> None:
+    """kafkajs + @kafkajs/confluent-schema-registry: no line of ours on the reading side.
+    (Its own single-broker stack: kafkajs's group join stalls on the 3-broker mock cluster.)"""
+    topic = f"fhir.patient.v1-node-{unique}"
+    with EmbeddedStack(num_brokers=1) as stack:
+        stack.create_topic(topic, 1)
+        serde = EnvelopeSerde(registry_client(stack.registry_url))
+        producer = Producer({"bootstrap.servers": stack.bootstrap})
+        event = _event(42)
+        producer.send(topic, serde.serialize(event, topic), key=event.key)
+        assert producer.flush(30) == 0
+        producer.close()
+        out = subprocess.run(
+            ["node", str(NODE_CLIENT / "decode_canonical.js"), stack.bootstrap,
+             stack.registry_url, topic],
+            capture_output=True, text=True, timeout=90, check=False,
+        )
+    assert out.returncode == 0, out.stderr
+    decoded = orjson.loads(out.stdout.strip().splitlines()[0])
+    assert decoded["event_id"] == event.event_id
+    assert decoded["source"]["message_control_id"] == "M42"
+    assert orjson.loads(decoded["resource"])["resourceType"] == "Patient"
 
 
 def test_producer_and_consumer_spans_share_one_trace(
