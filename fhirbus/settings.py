@@ -71,6 +71,9 @@ class Hl7ListenerSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set = mutual TLS: clients must present a cert
+    # "original": always answer AA/AE/AR. "auto": when a sender values MSH-15/16, answer in
+    # enhanced mode (CA/CE/CR) and only when MSH-15 asks for it (NE/ER/SU may mean no reply).
+    ack_mode: Literal["original", "auto"] = "original"
 
 
 class Settings(BaseSettings):

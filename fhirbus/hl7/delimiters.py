@@ -67,6 +67,11 @@ def _build(field: str, encoding: str) -> Delimiters:
         raise _bad("MSH-1 is not a usable field separator")
     if len(encoding) not in (3, 4, 5):
         raise _bad("MSH-2 must hold 4 encoding characters (5 with truncation)")
+    if len(encoding) == 5 and encoding[2] == encoding[3]:
+        # A doubled escape character (``^~\\&``) is how MSH-2 arrives from senders that
+        # copied it out of a string literal (LinuxForHealth's samples); the data itself uses
+        # the single character, so reading ``^~\&`` loses nothing.
+        encoding = encoding[:3] + encoding[4]
     if len(set(encoding)) != len(encoding) or field in encoding:
         raise _bad("MSH-1/MSH-2 encoding characters are not distinct")
     if not all(_usable(c) for c in encoding):

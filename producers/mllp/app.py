@@ -1,0 +1,90 @@
+"""Wiring: settings -> producer, spool, listener and server, started and stopped in order.
+
+Start: open the spool (it must be writable before the first ACK), resume its backlog and
+seen window, then open the port. Stop: close the port, let in-flight messages finish, stop
+the forwarder, flush the producer, close the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from fhirbus.kafka.config import producer_config
+from fhirbus.kafka.producer import Producer
+from fhirbus.settings import Hl7ListenerSettings, Settings
+
+from .listener import MllpListener
+from .server import MllpServer
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+# Kafka's default record limit is ~1 MB; an HL7 message at our limit plus headers must fit.
+_RECORD_HEADROOM = 64 * 1024
+
+
+def spool_path(settings: Settings) -> Path:
+    conf = settings.hl7
+    return conf.spool_path or settings.state_dir / "spool" / f"{conf.listener_id}.sqlite"
+
+
+def listener_producer_config(settings: Settings) -> dict[str, Any]:
+    """Durable producer settings tuned for ACK latency.
+
+    The delivery timeout *is* the broker confirm timeout: a record the broker has not
+    confirmed by then fails definitively and is spooled, instead of also arriving later
+    from librdkafka's queue as a second copy. A short linger keeps ACK latency low; batches
+    still form because many connections publish at once.
+    """
+    conf = settings.hl7
+    timeout_ms = max(1, int(conf.broker_confirm_timeout_s * 1000))
+    return producer_config(
+        settings,
+        **{
+            "linger.ms": 0,
+            "delivery.timeout.ms": timeout_ms,
+            "request.timeout.ms": timeout_ms,
+            "message.max.bytes": max(1_000_000, conf.max_message_bytes + _RECORD_HEADROOM),
+        },
+    )
+
+
+class ListenerApp:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        spool: Spool | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.conf: Hl7ListenerSettings = settings.hl7
+        self.spool = spool or Spool(spool_path(settings))
+        self._own_producer = producer is None
+        self.producer = producer or Producer(
+            listener_producer_config(settings), trace_propagation=False
+        )
+        self.listener = MllpListener(self.conf, self.producer, self.spool)
+        self.server = MllpServer(self.conf, self.listener.handle)
+
+    async def start(self) -> tuple[str, int]:
+        # No background polling thread: the listener polls from its event loop (delivery.py).
+        await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
+        await self.listener.start()
+        host, port = await self.server.start()
+        log.info(
+            "mllp listener started",
+            extra={"listener_id": self.conf.listener_id, "host": host, "port": port},
+        )
+        return host, port
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        await self.server.close(grace_s)
+        await self.listener.stop()
+        loop = asyncio.get_running_loop()
+        if self._own_producer:
+            await loop.run_in_executor(None, self.producer.close, grace_s)
+        await loop.run_in_executor(None, self.spool.close)
+        log.info("mllp listener stopped", extra=dict(self.listener.metrics.counts))

@@ -1,0 +1,183 @@
+"""One message, start to finish: classify, deduplicate, store durably, then build the ACK.
+
+``MllpListener.handle`` is the only entry point the socket layer calls; it never raises
+(a bug becomes an AE, which makes the sender retry, never an AA) and returns the framed
+ACK bytes, or None when an enhanced-mode sender asked not to get one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from datetime import UTC, datetime
+
+from fhirbus import telemetry
+from fhirbus.kafka.producer import Producer
+from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
+from fhirbus.settings import Hl7ListenerSettings
+
+from . import framing
+from .ack import AckError, AckHeader, build_ack, is_enhanced, wants_accept_ack
+from .dedup import DedupWindow
+from .delivery import AsyncDelivery
+from .forwarder import Forwarder
+from .intake import Origin, Policy, Verdict, classify, dedup_key, raw_record, rejected_record
+from .metrics import ListenerMetrics
+from .sink import DurableSink, Stored, StoreFailed
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+_CANNOT_STORE = AckError("207", "message could not be stored now; send it again later")
+_INTERNAL = AckError("207", "internal error; send it again later")
+Outcome = tuple[str, AckError | None]
+
+
+class MllpListener:
+    def __init__(self, conf: Hl7ListenerSettings, producer: Producer, spool: Spool) -> None:
+        self.conf = conf
+        self._spool = spool
+        self._policy = Policy(frozenset(conf.supported_versions))
+        self.delivery = AsyncDelivery(producer)
+        self.sink = DurableSink(self.delivery, spool)
+        self.metrics = ListenerMetrics(conf.listener_id, conf.feed, lambda: self.sink.backlog)
+        self.dedup = DedupWindow(conf.duplicate_window_s)
+        self._forwarder = Forwarder(self.sink, spool, self.metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ack_ids = itertools.count(1)
+        self._ack_prefix = format(int(time.time()), "x")
+        self._tracer = telemetry.tracer("fhirbus.hl7.listener")
+
+    async def start(self) -> None:
+        """Resume from the spool: its backlog (spool mode until drained) and the seen window."""
+        now = time.time()
+        self.sink.backlog = await asyncio.wrap_future(self._spool.depth())
+        seen = await asyncio.wrap_future(self._spool.seen_since(now - self.conf.duplicate_window_s))
+        self.dedup.load(seen)
+        if self.sink.backlog:
+            self.sink.spooled_wakeup.set()
+        log.info(
+            "listener resumed from spool",
+            extra={"backlog": self.sink.backlog, "seen": len(self.dedup)},
+        )
+        self.delivery.start()
+        self._tasks = [
+            asyncio.create_task(self._forwarder.run(), name="mllp-forwarder"),
+            asyncio.create_task(self._expire_loop(), name="mllp-dedup-expiry"),
+        ]
+
+    async def stop(self) -> None:
+        self.sink.flush_seen()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.delivery.stop()
+
+    async def handle(self, frame: framing.Frame, peer: str) -> bytes | None:
+        started = time.perf_counter()
+        self.metrics.received()
+        received_at = datetime.now(UTC)
+        origin = Origin(self.conf.listener_id, self.conf.feed, peer, received_at)
+        with self._tracer.start_as_current_span("hl7.mllp.message") as span:
+            verdict = classify(frame, self._policy)
+            span.set_attribute("hl7.msh9", verdict.msh9)
+            span.set_attribute("fhirbus.feed", self.conf.feed)
+            try:
+                code, error = await self._store(frame, verdict, origin)
+            except Exception:
+                # Never an AA for something we failed to handle: AE makes the sender retry.
+                log.exception("message handling failed")
+                code, error = "AE", _INTERNAL
+            span.set_attribute("hl7.ack_code", code)
+            ack = self._ack(verdict.header, code, error, received_at)
+        self.metrics.ack_latency(time.perf_counter() - started)
+        return ack
+
+    async def _store(self, frame: framing.Frame, verdict: Verdict, origin: Origin) -> Outcome:
+        if not verdict.accepted:
+            return await self._keep_rejected(frame, verdict, origin)
+        assert verdict.header is not None
+        key = dedup_key(verdict.header, frame.payload)
+        if key is None:
+            return await self._accept(frame, verdict, origin, None)
+        if self.dedup.seen(key, time.time()):
+            self.metrics.duplicate()
+            return "AA", None
+        earlier = self.dedup.in_flight(key)
+        if earlier is not None:
+            # The same message is being stored for another connection: answer as it is answered.
+            self.metrics.duplicate()
+            code, error = await asyncio.shield(earlier)
+            return code, error  # type: ignore[return-value]
+        pending = self.dedup.begin(key)
+        outcome: Outcome = ("AE", _INTERNAL)
+        try:
+            outcome = await self._accept(frame, verdict, origin, key)
+        finally:
+            self.dedup.end(key)
+            pending.set_result(outcome)
+        return outcome
+
+    async def _accept(
+        self, frame: framing.Frame, verdict: Verdict, origin: Origin, key: str | None
+    ) -> Outcome:
+        record = raw_record(RAW_HL7, frame, verdict, origin, telemetry.inject())
+        try:
+            stored = await self.sink.store(record, "raw", key)
+        except StoreFailed:
+            self.metrics.store_failed()
+            log.error("message not stored: broker and spool both failed; NAK sent")
+            return "AE", _CANNOT_STORE
+        if key is not None:
+            self.dedup.add(key, time.time())
+        self.metrics.accepted(spooled=stored is Stored.SPOOL)
+        return "AA", None
+
+    async def _keep_rejected(
+        self, frame: framing.Frame, verdict: Verdict, origin: Origin
+    ) -> Outcome:
+        reason = verdict.reason or "unknown"
+        self.metrics.rejected(reason, verdict.code)
+        record = rejected_record(REJECTED_HL7, frame, verdict, origin, telemetry.inject())
+        try:
+            await self.sink.store(record, "rejected")
+        except StoreFailed:
+            # The NAK still goes out, so the sender keeps the message; say so loudly.
+            self.metrics.store_failed()
+            log.error("rejected message could not be kept anywhere", extra={"reason": reason})
+        log.info("message rejected", extra={"reason": reason, "code": verdict.code})
+        return verdict.code, verdict.error
+
+    def _ack(
+        self, header: AckHeader | None, code: str, error: AckError | None, now: datetime
+    ) -> bytes | None:
+        enhanced = self.conf.ack_mode == "auto" and is_enhanced(header)
+        if enhanced and not wants_accept_ack(header, code):
+            return None
+        payload = build_ack(
+            header,
+            code,
+            ack_control_id=f"{self._ack_prefix}{next(self._ack_ids):x}",
+            now=now,
+            own_app=self.conf.listener_id,
+            enhanced=enhanced,
+            error=error,
+        )
+        return framing.encode_frame(payload)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, max(1.0, self.conf.duplicate_window_s / 10)))
+            now = time.time()
+            self.dedup.expire(now)
+            try:
+                await asyncio.wrap_future(
+                    self._spool.prune_seen(now - self.conf.duplicate_window_s)
+                )
+            except Exception:
+                log.warning("could not prune the seen window", exc_info=True)

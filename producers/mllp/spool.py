@@ -1,0 +1,209 @@
+"""The local durable spool: SQLite in WAL mode, ``synchronous=FULL``, one writer thread.
+
+Every operation runs on the writer thread, which takes whatever requests are queued and runs
+them in one transaction: one fsync covers all connections waiting at that moment (group
+commit), so durability costs one disk flush per batch, not per message. Callers get a
+``concurrent.futures.Future`` per request (wrap it with ``asyncio.wrap_future``).
+
+Rows carry an AUTOINCREMENT sequence, so arrival order survives deletes and restarts. The
+``seen`` table holds the retransmission window (hashed keys only) in the same file, so a
+spooled message and the record that it was seen commit together.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .intake import Headers, Record
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "kind TEXT NOT NULL, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, "
+    "headers BLOB NOT NULL, spooled_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS seen (k TEXT PRIMARY KEY, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS seen_at ON seen (at)",
+)
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class SpoolError(Exception):
+    """The spool could not commit (disk full, I/O error, closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    seq: int
+    kind: str
+    record: Record
+
+
+class Spool:
+    def __init__(self, path: Path, *, max_pages: int | None = None, batch_limit: int = 1024):
+        self.path = path
+        self._max_pages = max_pages
+        self._batch_limit = batch_limit
+        self._queue: queue.SimpleQueue[tuple[Op, Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready: Future[None] = Future()
+        self._closed = False
+
+    def start(self) -> None:
+        """Open (creating if needed) and start the writer; raises SpoolError if it cannot."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="mllp-spool", daemon=True)
+        self._thread.start()
+        try:
+            self._ready.result(timeout=30)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    # Requests. Each returns a Future resolved after the transaction holding it committed.
+    def append(self, kind: str, record: Record, seen_key: str | None) -> Future[int]:
+        return self._submit(lambda c: _insert(c, kind, record, seen_key))
+
+    def remember(self, seen_keys: list[str]) -> Future[None]:
+        return self._submit(lambda c: _remember_many(c, seen_keys))
+
+    def read(self, limit: int) -> Future[list[Spooled]]:
+        return self._submit(lambda c: _read(c, limit))
+
+    def delete(self, seqs: list[int]) -> Future[None]:
+        rows = [(s,) for s in seqs]
+        return self._submit(lambda c: c.executemany("DELETE FROM spool WHERE seq = ?", rows))
+
+    def depth(self) -> Future[int]:
+        return self._submit(lambda c: c.execute("SELECT count(*) FROM spool").fetchone()[0])
+
+    def seen_since(self, since: float) -> Future[list[tuple[str, float]]]:
+        return self._submit(
+            lambda c: c.execute(
+                "SELECT k, at FROM seen WHERE at >= ? ORDER BY at", (since,)
+            ).fetchall()
+        )
+
+    def prune_seen(self, before: float) -> Future[int]:
+        return self._submit(
+            lambda c: c.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+        )
+
+    def _submit(self, op: Op) -> Future[Any]:
+        future: Future[Any] = Future()
+        if self._closed:
+            future.set_exception(SpoolError("spool is closed"))
+        else:
+            self._queue.put((op, future))
+        return future
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we ACK from the spool, even after power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        if self._max_pages is not None:
+            conn.execute(f"PRAGMA max_page_count={int(self._max_pages)}")
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        return conn
+
+    def _run(self) -> None:
+        try:
+            conn = self._open()
+        except sqlite3.Error as exc:
+            self._ready.set_exception(exc)
+            return
+        self._ready.set_result(None)
+        try:
+            while True:
+                batch = self._take_batch()
+                done = batch and batch[-1] is None
+                ops = [item for item in batch if item is not None]
+                if ops:
+                    _run_batch(conn, ops)
+                if done:
+                    break
+        finally:
+            conn.close()
+
+    def _take_batch(self) -> list[tuple[Op, Future[Any]] | None]:
+        batch = [self._queue.get()]
+        while batch[-1] is not None and len(batch) < self._batch_limit:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Op, Future[Any]]]) -> None:
+    """One transaction for the whole batch; every future fails if the commit fails."""
+    results: list[Any] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        results = [op(conn) for op, _ in ops]
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        log.error("spool commit failed", extra={"error": str(exc), "batch": len(ops)})
+        for _, future in ops:
+            future.set_exception(SpoolError(str(exc)))
+        return
+    for (_, future), result in zip(ops, results, strict=True):
+        future.set_result(result)
+
+
+def _insert(conn: sqlite3.Connection, kind: str, record: Record, seen_key: str | None) -> int:
+    cur = conn.execute(
+        "INSERT INTO spool (kind, topic, key, value, headers, spooled_at) VALUES (?,?,?,?,?,?)",
+        (kind, record.topic, record.key, record.value, _pack(record.headers), time.time()),
+    )
+    if seen_key is not None:
+        _remember(conn, seen_key)
+    return int(cur.lastrowid or 0)
+
+
+def _remember(conn: sqlite3.Connection, seen_key: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO seen (k, at) VALUES (?, ?)", (seen_key, time.time()))
+
+
+def _remember_many(conn: sqlite3.Connection, seen_keys: list[str]) -> None:
+    now = time.time()
+    conn.executemany(
+        "INSERT OR REPLACE INTO seen (k, at) VALUES (?, ?)", [(k, now) for k in seen_keys]
+    )
+
+
+def _read(conn: sqlite3.Connection, limit: int) -> list[Spooled]:
+    rows = conn.execute(
+        "SELECT seq, kind, topic, key, value, headers FROM spool ORDER BY seq LIMIT ?", (limit,)
+    ).fetchall()
+    return [Spooled(s, kind, Record(t, k, v, _unpack(h))) for s, kind, t, k, v, h in rows]
+
+
+def _pack(headers: Headers) -> bytes:
+    # Latin-1 maps bytes 1:1 to code points, so any header value round-trips through JSON.
+    return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers])
+
+
+def _unpack(blob: bytes) -> Headers:
+    return [(k, v.encode("latin-1")) for k, v in orjson.loads(blob)]
