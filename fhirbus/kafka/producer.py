@@ -8,6 +8,7 @@ swallowed in a callback.
 from __future__ import annotations
 
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
@@ -93,12 +94,10 @@ class Producer:
         """Serve delivery callbacks from a thread, for callers that wait on futures."""
         if self._poller is not None:
             return
-        self._poller = threading.Thread(target=self._poll_loop, args=(interval,), daemon=True)
+        self._poller = threading.Thread(
+            target=_poll_loop, args=(weakref.ref(self), self._stop, interval), daemon=True
+        )
         self._poller.start()
-
-    def _poll_loop(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(interval)
 
     def close(self, timeout: float = 30.0) -> int:
         self._stop.set()
@@ -110,6 +109,17 @@ class Producer:
     @property
     def raw(self) -> _KafkaProducer:
         return self._producer
+
+
+def _poll_loop(owner: weakref.ref[Producer], stop: threading.Event, interval: float) -> None:
+    # A weak reference: a producer its owner dropped without close() must still be
+    # collected (and its librdkafka handle destroyed) instead of living on in this thread.
+    while not stop.is_set():
+        producer = owner()
+        if producer is None:
+            return
+        producer._producer.poll(interval)
+        del producer
 
 
 def _resolver(future: Future[Message]) -> Any:
