@@ -82,7 +82,7 @@ def runtime(settings, topic: str, n: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with EmbeddedStack(num_brokers=1, with_registry=False) as stack, \
             tempfile.TemporaryDirectory() as state:

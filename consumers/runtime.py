@@ -83,6 +83,7 @@ class ConsumerRuntime:
         self.consumer = Consumer(conf)
         self._stop = threading.Event()
         self._stopping = False
+        self._linger_s = 0.005
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
         self._tracer = telemetry.tracer("fhirbus.consumers")
@@ -149,9 +150,13 @@ class ConsumerRuntime:
 
     # -- one batch -----------------------------------------------------------------------
     def _run_batch(self) -> int:
-        messages = self.consumer.consume(self.rt.batch_size, self.rt.poll_timeout_s)
-        if not messages:
+        # Block only for the first record, then gather a batch for at most a few ms:
+        # consume(n, poll_timeout) would wait for a full batch and add up to the poll
+        # timeout to every record's latency when traffic is light.
+        first = self.consumer.poll(self.rt.poll_timeout_s)
+        if first is None:
             return 0
+        messages = [first, *self.consumer.consume(self.rt.batch_size - 1, self._linger_s)]
         outcomes: list[Record] = []
         dead: list[Publish] = []
         last: dict[tuple[str, int], Message] = {}
@@ -160,11 +165,18 @@ class ConsumerRuntime:
             for msg in messages:
                 if self._stopping:
                     break
-                result = self._process(msg)
-                if result is None:
+                if msg.error() is not None:
+                    self._on_error(msg)
                     continue
-                (dead if isinstance(result, Publish) else outcomes).append(result)
-                last[(msg.topic(), msg.partition())] = msg
+                tp = (msg.topic(), msg.partition())
+                if self._revoked and tp in self._revoked:
+                    continue  # handed to another member mid-batch; it will redo this record
+                result = self._process(msg, tp[0])
+                if result.__class__ is Publish:
+                    dead.append(result)  # type: ignore[arg-type]
+                else:
+                    outcomes.append(result)  # type: ignore[arg-type]
+                last[tp] = msg
         except _Stop:
             pass
         done = len(outcomes) + len(dead)
@@ -174,58 +186,64 @@ class ConsumerRuntime:
         self._commit(last)
         return done
 
-    def _process(self, msg: Message) -> Record | Publish | None:
+    def _on_error(self, msg: Message) -> None:
         err = msg.error()
-        if err is not None:
-            if err.fatal():
-                raise KafkaException(err)
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error", extra={"error": err.name()})
-            return None
-        topic, partition = msg.topic(), msg.partition()
-        if self._revoked and (topic, partition) in self._revoked:
-            return None  # handed to another member mid-batch; it will redo this record
-        headers = msg.headers()
-        record = Record(msg, msg.value())
+        if err.fatal():
+            raise KafkaException(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": err.name()})
+
+    def _process(self, msg: Message, topic: str) -> Record | Publish:
+        headers, raw = msg.headers(), msg.value()
+        record = Record(msg, raw)
         if not headers or not any(k == "traceparent" for k, _ in headers):
-            return self._handle(record)
+            return self._attempt(record, raw, topic)
         # Continue the producer's trace; untraced records skip span cost on the hot path.
         with self._tracer.start_as_current_span(
             f"{topic} process",
             context=telemetry.extract(headers),
             kind=trace.SpanKind.CONSUMER,
             attributes={
-                "messaging.kafka.partition": partition,
+                "messaging.kafka.partition": msg.partition(),
                 "messaging.kafka.offset": msg.offset(),
             },
         ):
-            return self._handle(record)
+            return self._attempt(record, raw, topic)
 
-    def _handle(self, record: Record) -> Record | Publish:
-        attempts, first_failed = 0, None
-        decode, handler = self.spec.decode, self.spec.handler
+    def _attempt(self, record: Record, raw: bytes | None, topic: str) -> Record | Publish:
+        try:
+            self._run_handler(record, raw, topic)
+            return record
+        except Exception as exc:  # classified in _retry; nothing is swallowed
+            return self._retry(record, exc)
+
+    def _run_handler(self, record: Record, raw: bytes | None, topic: str) -> None:
+        decode = self.spec.decode
+        if decode is not None:
+            try:
+                record.value = decode(raw, topic)
+            except Exception as exc:
+                raise _decode_error(exc) from exc
+        record.effects = tuple(self.spec.handler(record) or ())
+
+    def _retry(self, record: Record, exc: Exception) -> Record | Publish:
+        attempts, first_failed = 1, datetime.now(UTC)
         while True:
+            self.metrics.add("failed")
+            cls = classify(exc)
+            give_up = cls is ErrorClass.PERMANENT or (
+                cls is ErrorClass.TRANSIENT and attempts >= self.rt.max_attempts
+            )
+            if give_up:
+                return self._dead_letter(record, exc, cls, attempts, first_failed)
+            self.metrics.add("retried")
+            self._wait(attempts, self.rt.outage_probe_max_ms if cls is ErrorClass.OUTAGE else None)
             attempts += 1
             try:
-                if decode is not None:
-                    try:
-                        record.value = decode(record.raw, record.topic)
-                    except Exception as exc:
-                        raise _decode_error(exc) from exc
-                record.effects = tuple(handler(record) or ())
+                self._run_handler(record, record.raw, record.topic)
                 return record
-            except Exception as exc:  # classified below; nothing is swallowed
-                first_failed = first_failed or datetime.now(UTC)
-                self.metrics.add("failed")
-                cls = classify(exc)
-                give_up = cls is ErrorClass.PERMANENT or (
-                    cls is ErrorClass.TRANSIENT and attempts >= self.rt.max_attempts
-                )
-                if give_up:
-                    return self._dead_letter(record, exc, cls, attempts, first_failed)
-                self.metrics.add("retried")
-                cap = self.rt.outage_probe_max_ms if cls is ErrorClass.OUTAGE else None
-                self._wait(attempts, cap)
+            except Exception as again:
+                exc = again
 
     def _dead_letter(
         self,

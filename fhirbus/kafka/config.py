@@ -82,6 +82,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
             "isolation.level": "read_committed",
             "session.timeout.ms": settings.runtime.session_timeout_ms,
             "partition.assignment.strategy": "cooperative-sticky",
+            # An idle partition's fetch returns after this long; Kafka's 500 ms default
+            # would be added to the first record after a quiet spell at every stage.
+            "fetch.wait.max.ms": 100,
         }
     )
     conf.update(overrides)
