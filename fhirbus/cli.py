@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhirbus.commands.demo",
     "fhirbus.producers.cli",
     "fhirbus.consumers.cli",
+    "fhirbus.projections.cli",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], int]

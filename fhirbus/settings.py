@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,20 @@ class Hl7ListenerSettings(BaseModel):
     ack_mode: Literal["original", "auto"] = "original"
 
 
+class ProjectionSettings(BaseModel):
+    """The read models (``fhirbus project ehr|billing|analytics``)."""
+
+    # sqlite:///ABS/PATH.sqlite or postgresql://user@host/db; unset = one SQLite file per
+    # projection under <state_dir>/projections/.
+    dsn: str | None = None
+    # HMAC-SHA256 key for analytics patient tokens; required by the analytics projection.
+    analytics_secret: SecretStr | None = None
+    analytics_date_granularity: Literal["day", "week", "month"] = "day"
+    # Billing: also charge completed orders whose code has a price here (code -> amount).
+    billing_order_prices: dict[str, Decimal] = Field(default_factory=dict)
+    billing_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+
+
 class Settings(BaseSettings):
     """Every setting has an environment variable: ``FHIRBUS_<NAME>``, nested with ``__``."""
 
@@ -103,6 +118,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     hl7: Hl7ListenerSettings = Field(default_factory=Hl7ListenerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -1,0 +1,218 @@
+"""One store interface over SQLite (stdlib, embedded default) and PostgreSQL (psycopg 3).
+
+Projection code writes SQL once, with ``?`` placeholders and the subset both engines share
+(``INSERT ... ON CONFLICT``, ``RETURNING``, ``WITH RECURSIVE``); the PostgreSQL adapter
+rewrites placeholders. Everything a projection writes happens inside ``transaction()``, so
+read-model rows and the positions that produced them commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+Row = tuple[Any, ...]
+# Rows per multi-row statement: far below SQLite's 32,766 and PostgreSQL's 65,535
+# parameters for our widest tables, and few distinct statement texts to prepare.
+CHUNK = 200
+
+
+class Tx(Protocol):
+    """An open transaction. SQL uses ``?`` placeholders on every backend."""
+
+    dialect: str
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Store(Protocol):
+    dialect: str
+
+    def transaction(self, lock: bool = True) -> contextlib.AbstractContextManager[Tx]: ...
+
+    def close(self) -> None: ...
+
+
+def greatest(tx: Tx, a: str, b: str) -> str:
+    """SQL for the larger of two values (SQLite's scalar max is PostgreSQL's GREATEST)."""
+    return f"max({a}, {b})" if tx.dialect == "sqlite" else f"GREATEST({a}, {b})"
+
+
+def insert_returning(
+    tx: Tx, table: str, columns: Sequence[str], types: Sequence[str],
+    rows: Sequence[Sequence[Any]], tail: str,
+) -> list[Row]:
+    """Insert ``rows`` into ``table``; returns what ``tail``'s RETURNING gives.
+
+    One statement tells exactly which rows were new (ON CONFLICT DO NOTHING returns only
+    those), which executemany cannot on SQLite. PostgreSQL gets one array per column and
+    ``unnest``: a constant statement text, so it is prepared once and reused; SQLite gets
+    multi-row VALUES in fixed-size chunks (few distinct texts for its statement cache).
+    """
+    if not rows:
+        return []
+    cols = ", ".join(columns)
+    if tx.dialect == "postgresql":
+        # %b: binary arrays. The text array format escapes every JSON body with a regex,
+        # which costs more than the insert itself.
+        arrays = ", ".join(f"%b::{t}[]" for t in types)
+        sql = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) {tail}"
+        return tx.execute(sql, [list(c) for c in zip(*rows, strict=True)])
+    out: list[Row] = []
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        sql = f"INSERT INTO {table} ({cols}) VALUES {', '.join([one] * len(chunk))} {tail}"
+        out.extend(tx.execute(sql, [v for row in chunk for v in row]))
+    return out
+
+
+def select_in(
+    tx: Tx, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
+) -> list[Row]:
+    """Run ``sql`` whose ``IN ({in})`` is a list of ``values`` (``= ANY(array)`` on
+    PostgreSQL: one prepared statement whatever the count)."""
+    if not values:
+        return []
+    if tx.dialect == "postgresql":
+        return tx.execute(sql.replace("IN ({in})", "= ANY(?)"), [*params, list(values)])
+    out: list[Row] = []
+    for start in range(0, len(values), CHUNK * 2):
+        chunk = values[start : start + CHUNK * 2]
+        marks = ", ".join("?" * len(chunk))
+        out.extend(tx.execute(sql.replace("{in}", marks), [*params, *chunk]))
+    return out
+
+
+# -- SQLite -------------------------------------------------------------------------------
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._conn.executemany(sql, rows)
+
+
+class SqliteStore:
+    """One connection, WAL journal. ``synchronous=NORMAL`` survives a process kill (the
+    case exactly-once must handle); a power loss may drop the last transactions, rows and
+    positions together, which only means redelivery."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def transaction(self, lock: bool = True) -> Iterator[Tx]:
+        # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading
+        # read locks, and a generation swap is serialized against every batch.
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE" if lock else "BEGIN")
+            try:
+                yield _SqliteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+class _PgTx:
+    dialect = "postgresql"
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = self._conn.execute(_pg(sql), params or None, prepare=True)
+        return cur.fetchall() if cur.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self._conn.cursor() as cur:
+                cur.executemany(_pg(sql), rows)  # pipelined: one round trip per batch
+
+
+_PG_SQL: dict[str, str] = {}
+
+
+def _pg(sql: str) -> str:
+    """``?`` -> ``%s``. Our SQL has no literal ``?`` and no ``%`` but the ``%b`` (binary
+    parameter) that insert_returning writes itself; cached per statement text."""
+    out = _PG_SQL.get(sql)
+    if out is None:
+        out = _PG_SQL[sql] = sql.replace("?", "%s")
+    return out
+
+
+class PostgresStore:
+    """One psycopg connection, reopened after a failure (the runtime retries the batch)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.dsn, autocommit=False)
+        return self._conn
+
+    @contextlib.contextmanager
+    def transaction(self, lock: bool = True) -> Iterator[Tx]:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                yield _PgTx(conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def open_store(dsn: str) -> Store:
+    """``sqlite:///abs/path.db``, ``sqlite:relative.db``, a plain path, or a PostgreSQL
+    URI / conninfo (``postgresql://user@host/db``)."""
+    if dsn.startswith(("postgresql://", "postgres://")) or "dbname=" in dsn:
+        return PostgresStore(dsn)
+    if dsn.startswith("sqlite:"):
+        parsed = urlparse(dsn)
+        path = parsed.path if dsn.startswith("sqlite://") else dsn[len("sqlite:") :]
+        return SqliteStore(path)
+    return SqliteStore(dsn)
+
+
+def describe(dsn: str) -> str:
+    """The DSN without credentials, for logs and status output."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        p = urlparse(dsn)
+        return f"postgresql://{p.hostname or ''}{':' + str(p.port) if p.port else ''}{p.path}"
+    return dsn

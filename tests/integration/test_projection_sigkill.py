@@ -1,0 +1,116 @@
+"""SIGKILL ``fhirbus project ehr`` mid-batch and restart it, on the embedded broker, with the
+read model in SQLite and in PostgreSQL: the final read model equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fhirbus.kafka.config import producer_config, resolve_registry_url
+from fhirbus.kafka.producer import Producer
+from fhirbus.projections import app, ehr, testing
+from fhirbus.projections.migrations import prefix
+from fhirbus.projections.store import open_store
+from fhirbus.schemas.envelope import CanonicalEvent
+from fhirbus.schemas.serde import EnvelopeSerde, registry_client
+from fhirbus.schemas.topics import canonical_topic
+from fhirbus.settings import Settings, load_settings
+
+pytestmark = pytest.mark.slow
+
+
+def publish(settings: Settings, events: list[CanonicalEvent]) -> None:
+    serde = EnvelopeSerde(registry_client(resolve_registry_url(settings)))
+    producer = Producer(producer_config(settings))
+    for event in events:
+        topic = canonical_topic(event.resource_type)
+        producer.send(topic, serde.serialize(event, topic), event.key)
+    assert producer.flush(60) == 0
+    producer.close(30)
+
+
+@pytest.fixture(scope="module")
+def history() -> list[CanonicalEvent]:
+    return testing.synthetic_history(250)
+
+
+@pytest.fixture
+def published(settings: Settings, history: list[CanonicalEvent]) -> list[CanonicalEvent]:
+    """Published once per module (the stack is module-scoped); every test reads it all."""
+    if not getattr(publish, "done", False):
+        publish(settings, history)
+        publish.done = True  # type: ignore[attr-defined]
+    return history
+
+
+@pytest.fixture(params=testing.BACKENDS)
+def dsns(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two read-model databases on one backend: the crashed run's and the reference's."""
+    if request.param == "postgresql" and (why := testing.pg_available()):
+        pytest.skip(why)
+    with testing.backend_dsn(request.param, tmp_path) as a, \
+            testing.backend_dsn(request.param, tmp_path) as b:
+        yield a, b
+
+
+def _history_rows(dsn: str) -> int:
+    store = open_store(dsn)
+    try:
+        with store.transaction(lock=False) as tx:
+            return tx.execute(f"SELECT count(*) FROM {prefix('ehr', 1)}history")[0][0]
+    except Exception:
+        return 0  # not migrated yet
+    finally:
+        store.close()
+
+
+def _spawn(dsn: str, group: str, repo: Path, idle_exit: float | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fhirbus.cli", "project", "ehr", "--group", group,
+           "--apply-delay", "0.002"]
+    if idle_exit is not None:
+        cmd += ["--idle-exit", str(idle_exit)]
+    env = {**os.environ, "FHIRBUS_RUNTIME__BATCH_SIZE": "200", "FHIRBUS_PROJECTIONS__DSN": dsn}
+    return subprocess.Popen(cmd, cwd=repo, env=env, stderr=subprocess.DEVNULL)
+
+
+def _dump(dsn: str) -> dict[str, list]:
+    store = open_store(dsn)
+    try:
+        return testing.dump(store, ehr.build())
+    finally:
+        store.close()
+
+
+def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(
+    settings: Settings, published: list[CanonicalEvent], dsns: tuple[str, str], unique: str,
+    repo_root: Path,
+) -> None:
+    crashed, reference = dsns
+    topics = set(ehr.build().topics)
+    total = len({(e.resource_type, e.resource_id, e.resource_version, e.event_id)
+                 for e in published if canonical_topic(e.resource_type) in topics})
+    first = _spawn(crashed, f"ehr-kill-{unique}", repo_root, idle_exit=None)
+    deadline = time.monotonic() + 90
+    while _history_rows(crashed) < total // 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    killed_at = _history_rows(crashed)
+    assert 0 < killed_at < total, "the kill must land while work remains"
+
+    second = _spawn(crashed, f"ehr-kill-{unique}", repo_root, idle_exit=5)
+    assert second.wait(180) == 0
+
+    ref_settings = load_settings(projections={"dsn": reference})
+    app.run("ehr", ref_settings, group=f"ehr-ref-{unique}", idle_exit_s=5,
+            install_signals=False)
+    assert _history_rows(crashed) == total
+    assert _dump(crashed) == _dump(reference)
