@@ -44,6 +44,7 @@ class Producer:
         self._tracer = telemetry.tracer("fhirbus.kafka")
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False
         if background_poll:
             # Futures must resolve even when the caller only waits on them (result()).
             self.start_background_polling()
@@ -100,11 +101,18 @@ class Producer:
         self._poller.start()
 
     def close(self, timeout: float = 30.0) -> int:
+        """Flush, then destroy the client: a closed producer keeps no broker connections.
+        Returns how many records were still undelivered (and so are lost) at close."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join()
             self._poller = None
-        return self._producer.flush(timeout)
+        if self._closed:
+            return 0
+        remaining = self._producer.flush(timeout)
+        self._closed = True
+        self._producer.close()
+        return remaining
 
     @property
     def raw(self) -> _KafkaProducer:
