@@ -7,12 +7,16 @@ was about a third of the listener's CPU, so here the loop itself polls the produ
 records are in flight and the callbacks resolve asyncio futures directly. Same durability
 contract: a future resolves only on the broker's delivery report, and failures raise
 ``DeliveryError`` with its retriable flag.
+
+The polling is a timer callback that re-arms itself while records are in flight, not a task
+looping on ``asyncio.sleep``: that made a future, a timer and a task step per round, about a
+thousand rounds a second under load, all for one ``poll(0)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import threading
 from typing import Any
 
@@ -22,6 +26,8 @@ from fhirbus.kafka.producer import DeliveryError, Producer
 
 from .intake import Record
 
+log = logging.getLogger(__name__)
+
 # While records are in flight the loop polls at this interval; epoll rounds it up to 1 ms.
 _BUSY_POLL_S = 0.0005
 
@@ -30,28 +36,26 @@ class AsyncDelivery:
     def __init__(self, producer: Producer) -> None:
         self._raw = producer.raw
         self._in_flight = 0
-        self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
-        self._pump: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
 
     def start(self) -> None:
-        """Start polling from the running loop (call on the loop thread)."""
+        """Poll from the running loop from now on (call on the loop thread)."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        self._wakeup = asyncio.Event()
-        self._pump = asyncio.create_task(self._run(), name="mllp-delivery-pump")
+        self._stopped = False
 
     async def stop(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def publish(self, record: Record) -> None:
         """Produce one record; returns when the broker confirmed it, raises DeliveryError."""
-        assert self._loop is not None and self._wakeup is not None, "start() first"
+        assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
         callback = self._callback(future)
         while True:
@@ -71,7 +75,8 @@ class AsyncDelivery:
             except KafkaException as exc:
                 raise DeliveryError(exc.args[0]) from None
         self._in_flight += 1
-        self._wakeup.set()
+        if self._timer is None and not self._stopped:
+            self._timer = self._loop.call_later(_BUSY_POLL_S, self._poll)
         await future
 
     def _callback(self, future: asyncio.Future[None]) -> Any:
@@ -85,14 +90,17 @@ class AsyncDelivery:
 
         return on_delivery
 
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        while True:
-            if self._in_flight <= 0:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+    def _poll(self) -> None:
+        """Serve the delivery reports that arrived; again shortly while any are due."""
+        self._timer = None
+        try:
             self._raw.poll(0)
-            await asyncio.sleep(_BUSY_POLL_S)
+        except Exception:
+            # Keep polling: a report never served would leave its sender without an ACK.
+            log.exception("producer poll failed")
+        assert self._loop is not None
+        if self._in_flight > 0 and not self._stopped:
+            self._timer = self._loop.call_later(_BUSY_POLL_S, self._poll)
 
 
 def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:

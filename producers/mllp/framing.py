@@ -69,6 +69,11 @@ class MllpDecoder:
         self._buf += data
 
     @property
+    def buffered(self) -> int:
+        """Bytes held: a partial frame, and any complete frames not taken yet."""
+        return len(self._buf)
+
+    @property
     def pending(self) -> bool:
         """True when part of a frame (or garbage) has arrived without its end."""
         return self._state != _IDLE or bool(self._buf.lstrip(_PADDING))

@@ -84,9 +84,9 @@ def classify(frame: framing.Frame, policy: Policy) -> Verdict:
     msh9 = _message_type(msg)
     if len(msg.segments) < 2:
         return _reject("msh_only", header, msh9, codec)
-    if not _version_supported(msg.version, policy.supported_versions):
+    if not _version_supported(header.version, policy.supported_versions):
         return _reject("unsupported_version", header, msh9, codec)
-    if not msg.get("MSH-9.1"):
+    if not msg.segments[0].get(9):
         return _reject("missing_message_type", header, msh9, codec)
     return Verdict("AA", header, msh9=msh9, codec=codec)
 
@@ -101,7 +101,9 @@ def _version_supported(version: str, supported: frozenset[str]) -> bool:
 
 def _message_type(msg: Message) -> str:
     """MSH-9 joined with '^' whatever the sender's component separator, e.g. ADT^A01^ADT_A01."""
-    parts = [msg.get("MSH-9.1"), msg.trigger, msg.structure]
+    # The MSH segment directly: msg.get("MSH-9.1") would parse the path and index every
+    # segment by id, per message, to find the first one. parse() allows a single MSH.
+    parts = [msg.segments[0].get(9), msg.trigger, msg.structure]
     while parts and not parts[-1]:
         parts.pop()
     return "^".join(parts)

@@ -2,6 +2,12 @@
 
 The plain counters serve tests, the benchmark and the periodic INFO log line; the OTel
 instruments go wherever telemetry is configured to export.
+
+The counters are exported as *observable* counters that read the plain counts when a
+reader collects: a synchronous ``Counter.add`` costs several microseconds per call in the
+SDK (attribute checks, a measurement object, the aggregation lock), and the listener made
+three of them per message. The exported values are the same cumulative sums. ACK latency
+stays a synchronous histogram: its distribution needs every value.
 """
 
 from __future__ import annotations
@@ -13,21 +19,30 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from fhirbus import telemetry
 
+# Plain count name -> exported counter name.
+_COUNTERS = {
+    "received": "hl7.mllp.received",
+    "accepted": "hl7.mllp.accepted",
+    "spooled": "hl7.mllp.spooled",
+    "duplicates": "hl7.mllp.duplicates",
+    "forwarded": "hl7.mllp.spool_forwarded",
+    "store_failed": "hl7.mllp.store_failed",
+}
+
 
 class ListenerMetrics:
     def __init__(self, listener_id: str, feed: str, depth: Callable[[], int]) -> None:
         self.attrs = {"feed": feed, "listener_id": listener_id}
         self.counts: Counter[str] = Counter()
+        self._rejected: Counter[tuple[str, str]] = Counter()  # (reason, code) -> count
         self._depth = depth
         meter = telemetry.meter("fhirbus.hl7.listener")
         unit = "{message}"
-        self._received = meter.create_counter("hl7.mllp.received", unit=unit)
-        self._accepted = meter.create_counter("hl7.mllp.accepted", unit=unit)
-        self._rejected = meter.create_counter("hl7.mllp.rejected", unit=unit)
-        self._spooled = meter.create_counter("hl7.mllp.spooled", unit=unit)
-        self._duplicates = meter.create_counter("hl7.mllp.duplicates", unit=unit)
-        self._forwarded = meter.create_counter("hl7.mllp.spool_forwarded", unit=unit)
-        self._failed = meter.create_counter("hl7.mllp.store_failed", unit=unit)
+        for name, exported in _COUNTERS.items():
+            meter.create_observable_counter(exported, callbacks=[self._observer(name)], unit=unit)
+        meter.create_observable_counter(
+            "hl7.mllp.rejected", callbacks=[self._observe_rejected], unit=unit
+        )
         self._latency = meter.create_histogram(
             "hl7.mllp.ack_latency", unit="ms", description="frame received to ACK written"
         )
@@ -35,33 +50,42 @@ class ListenerMetrics:
             "hl7.mllp.spool_depth", callbacks=[self._observe_depth], unit=unit
         )
 
+    def _observer(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            # Called on the reader's thread; reading one int of a dict is atomic.
+            yield Observation(self.counts.get(name, 0), self.attrs)
+
+        return observe
+
+    def _observe_rejected(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # dict.copy is one C call, so the loop thread cannot change the dict mid-iteration.
+        for (reason, code), n in dict.copy(self._rejected).items():
+            yield Observation(n, {**self.attrs, "reason": reason, "code": code})
+
     def _observe_depth(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self._depth(), self.attrs)
 
-    def _add(self, name: str, instrument: object, n: int = 1, **extra: str) -> None:
-        self.counts[name] += n
-        instrument.add(n, {**self.attrs, **extra} if extra else self.attrs)  # type: ignore[attr-defined]
-
     def received(self) -> None:
-        self._add("received", self._received)
+        self.counts["received"] += 1
 
     def accepted(self, spooled: bool) -> None:
-        self._add("accepted", self._accepted)
+        self.counts["accepted"] += 1
         if spooled:
-            self._add("spooled", self._spooled)
+            self.counts["spooled"] += 1
 
     def rejected(self, reason: str, code: str) -> None:
         self.counts[f"rejected.{reason}"] += 1
-        self._add("rejected", self._rejected, reason=reason, code=code)
+        self.counts["rejected"] += 1
+        self._rejected[reason, code] += 1
 
     def duplicate(self) -> None:
-        self._add("duplicates", self._duplicates)
+        self.counts["duplicates"] += 1
 
     def store_failed(self) -> None:
-        self._add("store_failed", self._failed)
+        self.counts["store_failed"] += 1
 
     def forwarded(self, n: int) -> None:
-        self._add("forwarded", self._forwarded, n)
+        self.counts["forwarded"] += n
 
     def ack_latency(self, seconds: float) -> None:
         self._latency.record(seconds * 1000.0, self.attrs)

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from fhirbus.settings import ConfigError, Hl7ListenerSettings
 
-from .framing import Frame, FrameReader
+from .connection import MllpConnection
+from .framing import Frame
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Frame, str], Awaitable[bytes | None]]
@@ -48,7 +49,7 @@ class MllpServer:
         self._handler = handler
         self._ssl = tls_context(conf)
         self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._connections: dict[asyncio.Task[None], MllpConnection] = {}
         self._busy = 0
         self._idle_event = asyncio.Event()
         self.refused = 0
@@ -64,8 +65,12 @@ class MllpServer:
         return len(self._connections)
 
     async def start(self) -> tuple[str, int]:
-        self._server = await asyncio.start_server(
-            self._accept, self.conf.host, self.conf.port, ssl=self._ssl, limit=65536
+        max_bytes = self.conf.max_message_bytes
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: MllpConnection(max_bytes, self._opened),
+            self.conf.host,
+            self.conf.port,
+            ssl=self._ssl,
         )
         return self.address
 
@@ -79,8 +84,8 @@ class MllpServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle_event.wait(), grace_s)
         # Closing the transport ends an idle read with EOF, so connections wind down normally.
-        for writer in self._connections.values():
-            writer.close()
+        for conn in self._connections.values():
+            conn.close()
         tasks = list(self._connections)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_s)
@@ -90,65 +95,65 @@ class MllpServer:
         await self._server.wait_closed()
         self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _opened(self, conn: MllpConnection) -> None:
+        """A new connection (after the TLS handshake, if any): serve it, or refuse it."""
         if len(self._connections) >= self.conf.max_connections:
             self.refused += 1
             log.warning(
                 "connection refused: limit reached", extra={"limit": self.conf.max_connections}
             )
-            writer.close()
+            conn.close()
             return
+        task = asyncio.get_running_loop().create_task(self._accept(conn))
+        self._connections[task] = conn
+
+    async def _accept(self, conn: MllpConnection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = writer
-        peer = _peer(writer)
+        peer = _peer(conn.transport)
         log.info("connection opened", extra={"peer": peer})
         count = 0
         try:
-            count = await self._serve(reader, writer, peer)
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            count = await self._serve(conn, peer)
+        except (ConnectionError, ssl.SSLError) as exc:
             log.info("connection lost", extra={"peer": peer, "error": type(exc).__name__})
         except asyncio.CancelledError:
-            # Only close() cancels, after its grace period. Ending normally matters: 3.11's
-            # start_server callback calls task.exception(), which raises on a cancelled task.
+            # Only close() cancels, after its grace period; end normally so nothing logs a
+            # cancelled task's traceback.
             log.info("connection cancelled at shutdown", extra={"peer": peer})
         finally:
             self._connections.pop(task, None)
-            writer.close()
+            conn.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await conn.wait_closed()
             log.info("connection closed", extra={"peer": peer, "messages": count})
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
-    ) -> int:
-        frames = FrameReader(reader, self.conf.max_message_bytes)
+    async def _serve(self, conn: MllpConnection, peer: str) -> int:
         watch = _IdleWatch(self.conf.idle_timeout_s)
         count = 0
         while True:
             try:
                 with watch:
-                    frame = await frames.next_frame()
+                    frame = await conn.next_frame()
             except asyncio.CancelledError:
                 if not watch.fired:
                     raise
                 log.info("idle timeout", extra={"peer": peer})
-                frame = frames.abandon()
+                frame = conn.abandon()
                 if frame is not None:
-                    await self._answer(frame, peer, writer)
+                    await self._answer(frame, peer, conn)
                 return count
             if frame is None:
                 return count
-            await self._answer(frame, peer, writer)
+            await self._answer(frame, peer, conn)
             count += 1
 
-    async def _answer(self, frame: Frame, peer: str, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, frame: Frame, peer: str, conn: MllpConnection) -> None:
         self._busy += 1
         try:
             ack = await self._handler(frame, peer)
-            if ack is not None and not writer.is_closing():
-                writer.write(ack)
-                await writer.drain()
+            if ack is not None:
+                await conn.write(ack)
         finally:
             self._busy -= 1
             if self._busy == 0:
@@ -197,8 +202,8 @@ class _IdleWatch:
             self._timer = self._loop.call_at(due, self._check)
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    info = writer.get_extra_info("peername")
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    info = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(info, tuple) and len(info) >= 2:
         return f"{info[0]}:{info[1]}"
     return "unknown"
