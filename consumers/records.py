@@ -18,9 +18,9 @@ class Record:
     __slots__ = ("_msg", "effects", "value")
 
     def __init__(self, msg: Any, value: Any = None) -> None:
+        # ``effects`` is set by the runtime after the handler ran (not here: hot path).
         self._msg = msg
         self.value = value
-        self.effects: tuple[Any, ...] = ()
 
     @classmethod
     def detached(
@@ -35,7 +35,9 @@ class Record:
     ) -> Record:
         """A record not read from Kafka (tools, tests, replays from a file)."""
         msg = _Detached(topic, partition, offset, key, raw, headers or [], timestamp_ms)
-        return cls(msg, raw)
+        record = cls(msg, raw)
+        record.effects = ()
+        return record
 
     @property
     def topic(self) -> str:

@@ -84,6 +84,7 @@ class ConsumerRuntime:
         self._stop = threading.Event()
         self._stopping = False
         self._linger_s = 0.005
+        self._decode, self._handler = spec.decode, spec.handler
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
         self._tracer = telemetry.tracer("fhirbus.consumers")
@@ -196,35 +197,33 @@ class ConsumerRuntime:
     def _process(self, msg: Message, topic: str) -> Record | Publish:
         headers, raw = msg.headers(), msg.value()
         record = Record(msg, raw)
-        if not headers or not any(k == "traceparent" for k, _ in headers):
-            return self._attempt(record, raw, topic)
-        # Continue the producer's trace; untraced records skip span cost on the hot path.
-        with self._tracer.start_as_current_span(
-            f"{topic} process",
-            context=telemetry.extract(headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.kafka.partition": msg.partition(),
-                "messaging.kafka.offset": msg.offset(),
-            },
-        ):
-            return self._attempt(record, raw, topic)
+        if headers and any(k == "traceparent" for k, _ in headers):
+            # Continue the producer's trace; untraced records skip span cost.
+            with self._tracer.start_as_current_span(
+                f"{topic} process",
+                context=telemetry.extract(headers),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.kafka.partition": msg.partition(),
+                    "messaging.kafka.offset": msg.offset(),
+                },
+            ):
+                return self._attempt(record, raw, topic)
+        return self._attempt(record, raw, topic)
 
     def _attempt(self, record: Record, raw: bytes | None, topic: str) -> Record | Publish:
+        # The per-record hot path: decode and handler inline, no further calls on success.
+        decode = self._decode
         try:
-            self._run_handler(record, raw, topic)
+            if decode is not None:
+                try:
+                    record.value = decode(raw, topic)
+                except Exception as exc:
+                    raise _decode_error(exc) from exc
+            record.effects = tuple(self._handler(record) or ())
             return record
         except Exception as exc:  # classified in _retry; nothing is swallowed
             return self._retry(record, exc)
-
-    def _run_handler(self, record: Record, raw: bytes | None, topic: str) -> None:
-        decode = self.spec.decode
-        if decode is not None:
-            try:
-                record.value = decode(raw, topic)
-            except Exception as exc:
-                raise _decode_error(exc) from exc
-        record.effects = tuple(self.spec.handler(record) or ())
 
     def _retry(self, record: Record, exc: Exception) -> Record | Publish:
         attempts, first_failed = 1, datetime.now(UTC)
@@ -240,7 +239,12 @@ class ConsumerRuntime:
             self._wait(attempts, self.rt.outage_probe_max_ms if cls is ErrorClass.OUTAGE else None)
             attempts += 1
             try:
-                self._run_handler(record, record.raw, record.topic)
+                if self._decode is not None:
+                    try:
+                        record.value = self._decode(record.raw, record.topic)
+                    except Exception as decode_exc:
+                        raise _decode_error(decode_exc) from decode_exc
+                record.effects = tuple(self._handler(record) or ())
                 return record
             except Exception as again:
                 exc = again
