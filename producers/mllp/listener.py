@@ -92,9 +92,11 @@ class MllpListener:
             span.set_attribute("hl7.msh9", verdict.msh9)
             try:
                 code, error = await self._store(frame, verdict, origin)
-            except Exception:
+            except Exception as exc:
                 # Never an AA for something we failed to handle: AE makes the sender retry.
-                log.exception("message handling failed")
+                # The type only at ERROR: an exception's text or traceback may quote content.
+                log.error("message handling failed", extra={"error_type": type(exc).__name__})
+                log.debug("message handling failed", exc_info=True)
                 code, error = "AE", _INTERNAL
             span.set_attribute("hl7.ack_code", code)
             ack = self._ack(verdict.header, code, error, received_at)
