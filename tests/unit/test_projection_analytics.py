@@ -4,8 +4,6 @@ name, address, MRN, identifier and raw id fed in; aggregates; the secret is requ
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -39,14 +37,6 @@ def adt(event: str, klass: str, visit: str, ts: str) -> str:
         "PID|1||MRN-QX-4471^^^HOSP^MR||Zebulonski^Quentina||19700101|F",
         f"PV1|1|{klass}|W^1^1||||||||||||||||{visit}",
     ])
-
-
-@pytest.fixture(params=testing.BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgresql" and (why := testing.pg_available()):
-        pytest.skip(why)
-    with testing.open_test_store(request.param, tmp_path) as s:
-        yield s
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@ a replay of the whole history changes no balance; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -28,14 +26,6 @@ def dft(txn: str, when: str, amount: str, kind: str = "CG", account: str = "ACC1
 def charges(*messages: str) -> list[CanonicalEvent]:
     return [e for i, m in enumerate(messages) for e in testing.map_hl7(m, i)
             if e.resource_type == "ChargeItem"]
-
-
-@pytest.fixture(params=testing.BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgresql" and (why := testing.pg_available()):
-        pytest.skip(why)
-    with testing.open_test_store(request.param, tmp_path) as s:
-        yield s
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ versions, duplicates, stale versions, merges, results before their patient, hist
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from confluent_kafka import OFFSET_BEGINNING
 
@@ -48,14 +45,6 @@ def a40(survivor: str, retired: str, ts: str) -> str:
 
 def of(events: list[CanonicalEvent], rtype: str) -> list[CanonicalEvent]:
     return [e for e in events if e.resource_type == rtype]
-
-
-@pytest.fixture(params=testing.BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgresql" and (why := testing.pg_available()):
-        pytest.skip(why)
-    with testing.open_test_store(request.param, tmp_path) as s:
-        yield s
 
 
 @pytest.fixture

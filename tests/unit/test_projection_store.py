@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fhirbus.projections import positions as pos
-from fhirbus.projections import testing
 from fhirbus.projections.migrations import (
     COMMON,
     MIGRATIONS_TABLE,
@@ -29,14 +27,6 @@ from fhirbus.projections.store import (
 )
 
 EXTRA = Migration(2, "widgets", ("CREATE TABLE {p}widgets (id TEXT PRIMARY KEY, n BIGINT)",))
-
-
-@pytest.fixture(params=testing.BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgresql" and (why := testing.pg_available()):
-        pytest.skip(why)
-    with testing.open_test_store(request.param, tmp_path) as s:
-        yield s
 
 
 def test_migrations_are_versioned_and_applied_once(store: Store) -> None:
