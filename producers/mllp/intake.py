@@ -200,17 +200,18 @@ def rejected_record(
     origin: Origin,
     trace: Sequence[tuple[str, bytes]] = (),
 ) -> Record:
-    headers = _base_headers(verdict, origin) + list(trace)
+    """A raw record plus why it was refused, so ops can replay it once the cause is fixed."""
+    record = raw_record(topic, frame, verdict, origin, trace)
     error = verdict.error
-    headers += [
+    record.headers.extend([
         ("fhirbus.reject_reason", (verdict.reason or "").encode()),
         ("fhirbus.reject_code", verdict.code.encode()),
         ("fhirbus.error_detail", (error.text if error else "").encode()),
         ("fhirbus.size", str(frame.size).encode()),
-    ]
+    ])
     if frame.truncated:
-        headers.append(("fhirbus.truncated", b"true"))
-    return Record(topic, origin.feed.encode(), frame.payload, headers)
+        record.headers.append(("fhirbus.truncated", b"true"))
+    return record
 
 
 def _base_headers(verdict: Verdict, origin: Origin) -> Headers:
