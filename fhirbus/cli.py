@@ -20,6 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhirbus.producers.cli",
     "fhirbus.consumers.cli",
     "fhirbus.projections.cli",
+    "fhirbus.connectors.cli",
+    "fhirbus.reconciliation.cli",
+    "fhirbus.supervisor.cli",
 )
 
 Handler = Callable[[argparse.Namespace, Settings], int]

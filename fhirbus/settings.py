@@ -91,6 +91,61 @@ class ProjectionSettings(BaseModel):
     billing_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
 
 
+class CdcSettings(BaseModel):
+    """Log-based CDC (``fhirbus cdc run``) and the CDC-to-FHIR mappings."""
+
+    # YAML file declaring the sources (DSN, slot, tables); ${VAR} in it expands from the
+    # environment so DSNs with passwords stay out of the file. Unset = no CDC source.
+    sources_file: Path | None = None
+    # Folder of per-table YAML mappings (table -> FHIR resource) used by the canonicalizer.
+    mappings_dir: Path | None = None
+    # How long the slot reader waits for Kafka to confirm a batch before it retries.
+    publish_timeout_s: float = Field(30.0, gt=0)
+    # How often the confirmed LSN is reported to PostgreSQL while idle (keeps WAL trimmed).
+    status_interval_s: float = Field(5.0, gt=0)
+    max_batch_changes: int = Field(5_000, ge=1)
+
+
+class ConnectSettings(BaseModel):
+    """The Kafka Connect REST API (``fhirbus connectors ...``), production only."""
+
+    url: str = "http://localhost:8083"
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20)
+
+
+class ReconcileSettings(BaseModel):
+    """The reconciler (``fhirbus reconcile ...``) and its review worklist."""
+
+    # resource type (or "default") -> risk; high-risk drift goes to the worklist, low is
+    # repaired by replay events.
+    risk: dict[str, Literal["low", "high"]] = Field(
+        default_factory=lambda: {
+            "Observation": "high",
+            "DiagnosticReport": "high",
+            "AllergyIntolerance": "high",
+            "MedicationRequest": "high",
+            "Immunization": "high",
+            "default": "low",
+        }
+    )
+    # Worklist and run history; unset = SQLite under <state_dir>/reconcile/.
+    dsn: str | None = None
+    report_dir: Path | None = None  # default: <state_dir>/reconcile/reports
+    range_buckets: int = Field(1024, ge=1)
+
+
+class SupervisorSettings(BaseModel):
+    """``fhirbus up``: which processes it starts and how it restarts them."""
+
+    with_cdc: Literal["auto", "yes", "no"] = "auto"  # auto = when PostgreSQL is reachable
+    reconcile_every_s: float = Field(60.0, gt=0)
+    restart_backoff_initial_s: float = Field(1.0, gt=0)
+    restart_backoff_max_s: float = Field(30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting has an environment variable: ``FHIRBUS_<NAME>``, nested with ``__``."""
 
@@ -119,6 +174,10 @@ class Settings(BaseSettings):
     hl7: Hl7ListenerSettings = Field(default_factory=Hl7ListenerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+    cdc: CdcSettings = Field(default_factory=CdcSettings)
+    connect: ConnectSettings = Field(default_factory=ConnectSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
 
     @field_validator("kafka_bootstrap")
     @classmethod

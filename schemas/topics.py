@@ -58,6 +58,14 @@ def canonical_topic(resource_type: str, major: int = ENVELOPE_MAJOR) -> str:
     return f"fhir.{resource_type.lower()}.v{major}"
 
 
+def cdc_topic(source: str, schema: str, table: str) -> str:
+    """Debezium's default naming with ``topic.prefix = cdc.<source>``; both CDC paths use it."""
+    return f"cdc.{source}.{schema}.{table}"
+
+
+CDC_TOPIC_PREFIX = "cdc."
+
+
 def dead_letter_topic(stage: str) -> str:
     return f"dlq.{stage}.v1"
 

@@ -1,0 +1,1 @@
+"""Log-based PostgreSQL CDC: a wal2json logical slot to Debezium-format change events."""

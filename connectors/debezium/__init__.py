@@ -1,0 +1,1 @@
+"""Debezium PostgreSQL connector configs and the Kafka Connect REST client (production path)."""

@@ -1,0 +1,1 @@
+"""``fhirbus up`` / ``fhirbus status``: one supervisor for every fhirbus process on a machine."""
