@@ -21,7 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fhirbus.consumers.cli",
     "fhirbus.projections.cli",
     "fhirbus.connectors.cli",
+    "fhirbus.connectors.debezium.cli",
     "fhirbus.reconciliation.cli",
+    "fhirbus.reconciliation.dlq.cli",
     "fhirbus.supervisor.cli",
 )
 

@@ -1,0 +1,1 @@
+"""Dead-letter toolset: list, show, replay and purge dead-lettered records, audited."""
