@@ -1,10 +1,16 @@
-"""DFT^P03 -> ChargeItem per FT1, Account from PID-18 (patient account number) when present."""
+"""DFT^P03 -> ChargeItem per FT1, Account from PID-18 (patient account number) when present.
+
+A charge names its Encounter (ChargeItem.context) when PV1 identifies the visit, so billing
+can keep balances per encounter; a PV1 without visit number or admit time names nothing (an
+id minted from this message would point at an encounter no ADT feed ever created).
+"""
 
 from __future__ import annotations
 
 from fhirbus.hl7 import Segment
 
 from . import identity
+from .adt import encounter_id
 from .context import MappingContext
 from .datatypes import Json, codeable, decimal, fhir_datetime, hd_system, identifier
 from .errors import MissingRequiredField
@@ -19,8 +25,9 @@ def map_dft(ctx: MappingContext) -> None:
     pid = require_pid(ctx)
     map_patient(ctx, pid)
     account = _account(ctx, pid)
+    encounter = _encounter_ref(ctx)
     for index, ft1 in enumerate(ctx.msg.all("FT1"), 1):
-        _charge(ctx, ft1, index, account)
+        _charge(ctx, ft1, index, account, encounter)
     map_supporting_observations(ctx, "dft")
 
 
@@ -41,7 +48,15 @@ def _account(ctx: MappingContext, pid: Segment) -> str | None:
     return rid
 
 
-def _charge(ctx: MappingContext, ft1: Segment, index: int, account: str | None) -> None:
+def _encounter_ref(ctx: MappingContext) -> Json | None:
+    pv1 = ctx.msg.segment("PV1")
+    if pv1 is None or not (pv1.get(19).strip() or pv1.get(44).strip()):
+        return None
+    return {"reference": f"Encounter/{encounter_id(ctx, pv1)}"}
+
+
+def _charge(ctx: MappingContext, ft1: Segment, index: int, account: str | None,
+            encounter: Json | None) -> None:
     code = codeable(ft1, 7, 1, ctx.site) or codeable(
         ft1, 25, 1, ctx.site)
     if code is None:
@@ -67,6 +82,8 @@ def _charge(ctx: MappingContext, ft1: Segment, index: int, account: str | None) 
         body["reason"] = reasons
     if account:
         body["account"] = [{"reference": f"Account/{account}"}]
+    if encounter:
+        body["context"] = encounter
     scope = txn or f"{ft1.get(3).strip()}|{ft1.get(1).strip()}|{index}"
     rid = identity.resource_id("ChargeItem", ctx.facility, scope if txn else
                                f"{ctx.sender}|{ctx.msg.control_id}|{scope}")

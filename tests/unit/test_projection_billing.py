@@ -103,3 +103,21 @@ def test_completed_orders_are_charged_where_prices_are_configured(
     assert sink.projection.topics == ("fhir.chargeitem.v1", "fhir.servicerequest.v1")
     plain = billing.build(billing.BillingOptions({}))
     assert plain.topics == ("fhir.chargeitem.v1",), "orders are read only when priced"
+
+
+def test_charges_with_a_visit_number_balance_on_the_adt_encounter(
+    sink: ProjectionSink, store: Store
+) -> None:
+    # Regression: DFT ChargeItems named no encounter, so balances fell back to the account.
+    visit = "PV1|1|I|W1^101^A||||||||||||||||V42^^^HOSP^VN"
+    first, second = (dft(t, w, a) + "\n" + visit for t, w, a in
+                     (("T1", "20260301100000", "100.00"), ("T2", "20260301120000", "25.00")))
+    admit = testing.map_hl7("\n".join([
+        "MSH|^~\\&|ADT|HOSP|EHR|HOSP|20260301090000||ADT^A01|A1|P|2.5.1",
+        "EVN|A01|20260301090000",
+        "PID|1||MRN7^^^HOSP^MR||Doe^Jane||19800102|F",
+        visit,
+    ]))
+    (encounter,) = [e for e in admit if e.resource_type == "Encounter"]
+    testing.apply_events(sink, charges(first, second))
+    assert queries.balances(store) == {f"Encounter/{encounter.resource_id}": 12500}
