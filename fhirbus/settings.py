@@ -114,6 +114,9 @@ class ConnectSettings(BaseModel):
     password: SecretStr | None = None
     timeout_s: float = Field(10.0, gt=0)
     max_retries: int = Field(5, ge=0, le=20)
+    # Retries (5xx, 409 rebalance, connection errors) wait with capped exponential backoff.
+    backoff_initial_ms: int = Field(500, ge=1)
+    backoff_max_ms: int = Field(10_000, ge=1)
 
 
 class ReconcileSettings(BaseModel):
