@@ -104,6 +104,11 @@ class CdcSettings(BaseModel):
     # How often the confirmed LSN is reported to PostgreSQL while idle (keeps WAL trimmed).
     status_interval_s: float = Field(5.0, gt=0)
     max_batch_changes: int = Field(5_000, ge=1)
+    # Output plugin for a new slot: auto = wal2json when the server allows it, else pgoutput
+    # (an existing slot keeps its plugin). See connectors/docs/cdc.md.
+    plugin: Literal["auto", "wal2json", "pgoutput"] = "auto"
+    # How often an idle reader asks the slot for new changes (the latency floor).
+    poll_interval_ms: int = Field(50, ge=1, le=60_000)
 
 
 class ConnectSettings(BaseModel):
@@ -147,6 +152,9 @@ class SupervisorSettings(BaseModel):
     reconcile_every_s: float = Field(60.0, gt=0)
     restart_backoff_initial_s: float = Field(1.0, gt=0)
     restart_backoff_max_s: float = Field(30.0, gt=0)
+    # On stop, how long each process may take after SIGTERM before it gets SIGKILL (the
+    # listener drains in-flight messages and flushes to Kafka or its spool in this time).
+    stop_timeout_s: float = Field(30.0, gt=0)
 
 
 class Settings(BaseSettings):
