@@ -18,7 +18,11 @@ def register(sub: Any) -> None:
         "dlq.canonicalizer.v1 with their reason.",
     )
     canon.add_argument("--site-config", type=Path, help="per-feed site configuration (TOML)")
-    canon.add_argument("--topic", action="append", help="raw topic(s) (default hl7.raw.v1)")
+    canon.add_argument("--topic", action="append",
+                       help="input topic(s) (default hl7.raw.v1 and the cdc.* topics)")
+    canon.add_argument("--no-cdc", action="store_true",
+                       help="consume only HL7 (by default cdc.* change events are mapped too, "
+                       "with the mappings in FHIRBUS_CDC__MAPPINGS_DIR)")
     canon.add_argument("--group", help="consumer group (default fhirbus-canonicalizer)")
     canon.add_argument("--max-records", type=int, help="stop after N records (tools, tests)")
     canon.add_argument("--idle-exit", type=float, help="stop after S seconds without records")
@@ -45,6 +49,7 @@ def register(sub: Any) -> None:
 def _canonicalize(args: argparse.Namespace, settings: Settings) -> int:
     from fhirbus import telemetry
     from fhirbus.consumers.canonicalizer import app, load_site_config
+    from fhirbus.consumers.canonicalizer.cdc import cdc_topics
     from fhirbus.schemas.topics import RAW_HL7
 
     site = load_site_config(args.site_config)  # invalid -> ConfigError, exit 2 with the key
@@ -52,7 +57,7 @@ def _canonicalize(args: argparse.Namespace, settings: Settings) -> int:
     done = app.run(
         settings,
         site,
-        topics=args.topic or [RAW_HL7],
+        topics=args.topic or [RAW_HL7, *([] if args.no_cdc else cdc_topics(settings))],
         group_id=args.group or app.GROUP_ID,
         max_records=args.max_records,
         idle_exit_s=args.idle_exit,

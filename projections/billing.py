@@ -41,7 +41,8 @@ from .migrations import COMMON, Migration
 from .store import Tx, select_in
 
 NAME = "billing"
-BILLABLE_STATUSES = frozenset({"billable"})
+# "billed" (sent to the payer) is still owed: only a later non-billable version reverses it.
+BILLABLE_STATUSES = frozenset({"billable", "billed"})
 
 CHARGES = TableSpec("charges", ("source_type", "patient_id", "encounter_key", "code",
                                 "status", "billable", "amount_cents", "currency",

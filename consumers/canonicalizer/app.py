@@ -15,9 +15,10 @@ from fhirbus.consumers.runtime import ConsumerRuntime, ConsumerSpec
 from fhirbus.kafka.config import resolve_registry_url
 from fhirbus.schemas.envelope import CanonicalEvent
 from fhirbus.schemas.serde import EnvelopeSerde, registry_client
-from fhirbus.schemas.topics import RAW_HL7, canonical_topic
+from fhirbus.schemas.topics import CDC_TOPIC_PREFIX, RAW_HL7, canonical_topic
 from fhirbus.settings import Settings
 
+from .cdc import CdcHandler, load_mappings
 from .context import RawRef
 from .errors import ParseFailure
 from .mapper import map_message
@@ -28,13 +29,18 @@ GROUP_ID = "fhirbus-canonicalizer"
 
 
 class Canonicalizer:
-    """The record handler: raw HL7 record -> Publish effects on canonical topics."""
+    """The record handler: raw HL7 record (or, on ``cdc.*`` topics, a Debezium change event)
+    -> Publish effects on canonical topics."""
 
-    def __init__(self, site: SiteConfig, serde: EnvelopeSerde) -> None:
+    def __init__(self, site: SiteConfig, serde: EnvelopeSerde,
+                 cdc: CdcHandler | None = None) -> None:
         self.site = site
         self.serde = serde
+        self.cdc = cdc
 
     def __call__(self, record: Record) -> list[Publish]:
+        if self.cdc is not None and record.topic.startswith(CDC_TOPIC_PREFIX):
+            return [self.publish(event) for event in self.cdc(record)]
         raw = record.raw
         if not raw:
             raise ParseFailure("record", "empty record value")
@@ -62,8 +68,11 @@ def build_spec(
         stage=STAGE,
         group_id=group_id,
         topics=list(topics),
-        handler=Canonicalizer(site, serde),
+        handler=Canonicalizer(site, serde, CdcHandler(load_mappings(settings.cdc.mappings_dir))),
         dead_letter_topic=dead_letter_topic,
+        # A regex subscription (^cdc\..*) finds topics created later at metadata refresh.
+        consumer_overrides={"topic.metadata.refresh.interval.ms": 10_000}
+        if any(t.startswith("^") for t in topics) else {},
     )
 
 
