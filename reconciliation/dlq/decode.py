@@ -24,6 +24,7 @@ _SAFE_HEADERS = frozenset({
     "fhirbus.listener_id", "fhirbus.feed", "fhirbus.peer", "fhirbus.event_type",
     "fhirbus.mapping_version", "fhirbus.reject_reason", "fhirbus.reject_code", "fhirbus.size",
     "fhirbus.truncated", "replay-of", "replay-id", "traceparent", "tracestate",
+    "cdc.source", "cdc.lsn", "cdc.txid",
 })
 # CDC envelope parts that are positions and operations, not row values.
 _CDC_SAFE_KEYS = frozenset({"op", "source", "ts_ms", "ts_us", "ts_ns", "transaction", "schema"})

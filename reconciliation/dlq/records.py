@@ -156,10 +156,12 @@ class DeadLetter:
             app = fields[2].split(comp)[0] if len(fields) > 2 else ""
             fac = fields[3].split(comp)[0] if len(fields) > 3 else ""
             return f"{app}/{fac}" if fac else app
+        if cdc_source := self.header("cdc.source"):
+            return cdc_source
         topic = self.original_topic or ""
         if topic.startswith(CDC_TOPIC_PREFIX):
             return topic.split(".")[1]
-        return self.header("fhirbus.source_system")
+        return ""
 
     def replay_headers(self, replay_id: str) -> Headers:
         """The original headers, minus the DLQ context, an earlier replay's marks and trace
