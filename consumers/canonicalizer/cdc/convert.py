@@ -22,10 +22,12 @@ _EPOCH = date(1970, 1, 1)
 Converter = Callable[[Any], Any]
 
 
-def to_string(value: Any) -> str:
+def to_string(value: Any) -> str | None:
+    """FHIR has no empty strings: an empty or blank column reads as absent."""
     if isinstance(value, bool | dict | list):
         raise ValueError("not a scalar")
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    return text if text.strip() else None
 
 
 def to_integer(value: Any) -> int:

@@ -140,7 +140,7 @@ def _fill(body: dict[str, Any], change: Change, m: TableMapping, row: Row,
     for e in m.elements:
         if e.column is None and not required:
             continue  # a key-only image: constants would dress up a row that is not there
-        if e.when is not None and row.get(e.when) is None:
+        if e.when and any(row.get(c) is None for c in e.when):
             continue
         if e.unless is not None and row.get(e.unless) is not None:
             continue

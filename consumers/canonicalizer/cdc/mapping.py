@@ -17,7 +17,7 @@ class Element:
     const: Any
     convert: convert.Converter
     codes: dict[str, Any] | None
-    when: str | None
+    when: tuple[str, ...]  # every one must be non-NULL
     unless: str | None
     times: str | None
 
@@ -51,7 +51,7 @@ class TableMapping:
     @property
     def columns(self) -> frozenset[str]:
         """Every column the mapping reads."""
-        cols = {c for e in self.elements for c in (e.column, e.when, e.unless, e.times) if c}
+        cols = {c for e in self.elements for c in (e.column, *e.when, e.unless, e.times) if c}
         cols |= {i.column for i in self.identifiers} | {r.column for r in self.references}
         cols |= {c for c in (self.version_column, self.occurred_at) if c}
         return frozenset(cols | set(self.key))
@@ -63,7 +63,9 @@ def compile_mapping(file: str, spec: TableMappingFile) -> TableMapping:
         r = rule if isinstance(rule, ElementRule) else ElementRule(column=rule)
         codes = spec.code_maps[r.map] if isinstance(r.map, str) else r.map
         elements.append(Element(paths.parse(path), r.column, r.const,
-                                convert.CONVERTERS[r.type], codes, r.when, r.unless,
+                                convert.CONVERTERS[r.type], codes,
+                                (r.when,) if isinstance(r.when, str) else r.when or (),
+                                r.unless,
                                 r.times))
     return TableMapping(
         file=file,

@@ -40,7 +40,7 @@ class ElementRule(_Strict):
     const: Any = None
     type: ValueType = "string"
     map: dict[str, Any] | str | None = None  # inline code map, or the name of a code_maps entry
-    when: str | None = Field(None, pattern=_IDENT)  # only if this column is not NULL
+    when: str | tuple[str, ...] | None = None  # only if these columns are all not NULL
     unless: str | None = Field(None, pattern=_IDENT)  # only if this column is NULL
     times: str | None = Field(None, pattern=_IDENT)  # decimal: multiplied by this column
 
@@ -50,6 +50,9 @@ class ElementRule(_Strict):
             raise ValueError("set exactly one of 'column' or 'const'")
         if self.map is not None and self.column is None:
             raise ValueError("'map' needs a 'column'")
+        for column in (self.when,) if isinstance(self.when, str) else self.when or ():
+            if not re.match(_IDENT, column):
+                raise ValueError(f"when: {column!r} is not a column name")
         if self.times is not None and (self.column is None or self.type != "decimal"):
             raise ValueError("'times' needs a 'column' of type decimal")
         return self
