@@ -79,8 +79,9 @@ class PgoutputDecoder:
     plugin = "pgoutput"
 
     def __init__(self) -> None:
-        # relation id -> (schema, table, column names); pgoutput sends R before first use
-        self.relations: dict[int, tuple[str, str, tuple[str, ...]]] = {}
+        # relation id -> (schema, table, column names, key column names); pgoutput sends R
+        # before a relation's first change in every decoding session
+        self.relations: dict[int, tuple[str, str, tuple[str, ...], frozenset[str]]] = {}
 
     def decode(self, rows: Iterable[Row]) -> list[Transaction]:
         done: list[Transaction] = []
@@ -112,21 +113,27 @@ class PgoutputDecoder:
         pos += 1  # replica identity setting
         (ncols,) = struct.unpack_from(">h", buf, pos)
         pos += 2
-        names = []
+        names, keys = [], set()
         for _ in range(ncols):
-            name, pos = _cstring(buf, pos + 1)  # flags byte, then the name
+            flags = buf[pos]
+            name, pos = _cstring(buf, pos + 1)
             names.append(name)
+            if flags & 1:
+                keys.add(name)
             pos += 8  # type oid, type modifier: types come from the catalog
-        self.relations[relid] = (schema, table, tuple(names))
+        self.relations[relid] = (schema, table, tuple(names), frozenset(keys))
 
     def _change(self, kind: bytes, buf: bytes, lsn: int) -> Change:
         (relid,) = struct.unpack_from(">I", buf, 1)
         if relid not in self.relations:
             raise DecodeError(f"pgoutput change for unknown relation {relid}")
-        schema, table, names = self.relations[relid]
+        schema, table, names, keys = self.relations[relid]
         pos, old, new = 5, None, None
         if buf[pos:pos + 1] in (b"K", b"O"):
+            full = buf[pos:pos + 1] == b"O"
             old, pos = _tuple(buf, pos + 1, names)
+            if not full:  # a key-only old tuple sends the other columns as null: drop them
+                old = {k: v for k, v in old.items() if k in keys}
         if buf[pos:pos + 1] == b"N":
             new, pos = _tuple(buf, pos + 1, names)
         op = {b"I": "c", b"U": "u", b"D": "d"}[kind]

@@ -162,9 +162,9 @@ def debezium_value(type_name: str, raw: object) -> object:
 
 def row_image(table: TableInfo, values: dict[str, object], fallback: dict[str, object] | None
               ) -> dict[str, object]:
-    """A full row in table column order. A column the tuple lacks (unchanged TOAST, or a
-    non-key column of a DEFAULT-identity old tuple) comes from ``fallback`` when that holds
-    it (REPLICA IDENTITY FULL), else it is the unavailable placeholder / null."""
+    """A full row in table column order. A column the tuple lacks (an unchanged TOASTed
+    value) comes from ``fallback`` (the old row, under REPLICA IDENTITY FULL) when that
+    holds it, else it is Debezium's unavailable-value placeholder."""
     out: dict[str, object] = {}
     for name, type_name in table.columns:
         raw = values.get(name, UNCHANGED_TOAST)
@@ -179,12 +179,12 @@ def key_of(table: TableInfo, row: dict[str, object]) -> bytes:
 
 
 def _old_image(table: TableInfo, old: dict[str, object]) -> dict[str, object]:
-    """Debezium's ``before`` under REPLICA IDENTITY DEFAULT: key columns set, others null."""
+    """Debezium's ``before``: the whole old row under REPLICA IDENTITY FULL; under DEFAULT
+    the old tuple carries only the key, and the other columns are null."""
     image = row_image(table, old, None)
-    if not table.replica_full:
-        for name in image:
-            if name not in old:
-                image[name] = None
+    for name in image:
+        if name not in old:
+            image[name] = None
     return image
 
 
@@ -237,8 +237,8 @@ def change_records(source: SourceInfo, table: TableInfo, topic: str, change: Cha
         if change.old is None:
             raise ValueError(f"delete on {table.qualified} without an old key")
         return delete(_old_image(table, change.old))
-    fallback = change.old if table.replica_full else None
-    after = row_image(table, change.new or {}, fallback)
+    # An unchanged TOASTed column is not in the new tuple; the old one has it under FULL.
+    after = row_image(table, change.new or {}, change.old)
     before = _old_image(table, change.old) if change.old is not None else None
     if before is not None and key_of(table, before) != key_of(table, after):
         return [*delete(before), record("c", None, after)]

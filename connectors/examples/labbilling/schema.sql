@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS labbilling.lab_results (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- The whole old row goes to the WAL, so an UPDATE that leaves the TOASTed comment alone
+-- still carries its value (the CDC reader takes it from the old row; without FULL it
+-- publishes Debezium's "__debezium_unavailable_value" placeholder instead).
+ALTER TABLE labbilling.lab_results REPLICA IDENTITY FULL;
+
 CREATE TABLE IF NOT EXISTS labbilling.charges (
     id               bigint PRIMARY KEY,
     patient_id       bigint NOT NULL REFERENCES labbilling.patients (id),
