@@ -17,7 +17,7 @@ from fhirbus.schemas.serde import EnvelopeSerde, registry_client
 from fhirbus.settings import ConfigError, Settings
 
 from . import analytics, billing, ehr
-from .core import Effect, Projection
+from .core import Effect, Projection, as_repairs, is_repair
 from .metrics import ProjectionMetrics
 from .sink import ProjectionSink, prepare
 from .store import Store, open_store
@@ -70,7 +70,10 @@ class Handler:
     def __call__(self, record: Record) -> list[Effect]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self.project(record.value) if record.value is not None else []
+        if record.value is None:
+            return []
+        effects = self.project(record.value)
+        return as_repairs(effects) if is_repair(record.value) else effects
 
 
 def consumer_spec(

@@ -14,7 +14,7 @@ Two effect kinds cover every read model:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhirbus.schemas.envelope import CanonicalEvent
@@ -36,6 +36,9 @@ class Versioned:
     status: str | None = None
     occurred_at: str | None = None
     payload: str | None = None  # kept per version in history (None: keep no content)
+    # A reconciliation repair: it may restate a version already seen, so it heals a row
+    # that was deleted or corrupted in place; it still never replaces a newer version.
+    repair: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,17 @@ class Fact:
 
 Effect = Versioned | Fact
 
+# Causation ids of reconciliation runs start with this; their events are repairs.
+REPAIR_CAUSATION_PREFIX = "reconcile-"
+
+
+def is_repair(event: CanonicalEvent) -> bool:
+    return (event.causation_id or "").startswith(REPAIR_CAUSATION_PREFIX)
+
+
+def as_repairs(effects: Sequence[Effect]) -> list[Effect]:
+    return [replace(e, repair=True) if isinstance(e, Versioned) else e for e in effects]
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -55,11 +69,15 @@ class TableSpec:
     name: str
     columns: tuple[str, ...]
 
-    def upsert_sql(self, p: str) -> str:
+    def upsert_sql(self, p: str, repair: bool = False) -> str:
         cols = ", ".join(self.columns)
         marks = ", ".join("?" * (len(self.columns) + 3))
         sets = ", ".join(f"{c} = excluded.{c}" for c in ("version", "event_id", *self.columns))
         t = f"{p}{self.name}"
+        if repair:  # an equal version is rewritten: that is what heals a corrupted row
+            return (f"INSERT INTO {t} (id, version, event_id, {cols}) VALUES ({marks}) "
+                    f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {t}.version <= "
+                    "excluded.version")
         return (
             f"INSERT INTO {t} (id, version, event_id, {cols}) VALUES ({marks}) "
             f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {t}.version < excluded.version "
@@ -85,10 +103,12 @@ class ApplyResult:
     applied: int = 0
     duplicates: int = 0
     stale: int = 0
+    repaired: int = 0
     fresh: list[Versioned] = field(default_factory=list)  # new to history (applied or stale)
 
     def counts(self) -> dict[str, int]:
-        return {"applied": self.applied, "duplicates": self.duplicates, "stale": self.stale}
+        counts = {"applied": self.applied, "duplicates": self.duplicates, "stale": self.stale}
+        return {**counts, "repaired": self.repaired} if self.repaired else counts
 
 
 AfterApply = Callable[[Tx, str, ApplyResult], None]
@@ -145,11 +165,16 @@ def apply_versioned(
         )
     }
     current = _current_versions(
-        tx, p, [e for e in effects if (e.table, e.key, e.version, e.event_id) in new]
+        tx, p, [e for e in effects if e.repair or (e.table, e.key, e.version, e.event_id) in new]
     )
     winners: dict[tuple[str, str], Versioned] = {}
+    repairs: dict[tuple[str, str], Versioned] = {}
     for e in effects:
         ident = (e.table, e.key, e.version, e.event_id)
+        if e.repair:
+            _take_repair(e, current, repairs, result)
+            new.discard(ident)
+            continue
         if ident not in new:
             result.duplicates += 1
             continue
@@ -163,7 +188,22 @@ def apply_versioned(
         else:
             result.stale += 1
     _upsert(tx, p, specs, winners.values())
+    _upsert(tx, p, specs, repairs.values(), repair=True)
     return result
+
+
+def _take_repair(e: Versioned, current: dict[tuple[str, str], tuple[int, str]],
+                 repairs: dict[tuple[str, str], Versioned], result: ApplyResult) -> None:
+    """A repair restates a version even when history already has it; it loses only to a
+    newer version, so a late repair never rolls a row back."""
+    best = current.get((e.table, e.key))
+    if best is not None and e.version < best[0]:
+        result.stale += 1
+        return
+    current[(e.table, e.key)] = (e.version, e.event_id)
+    repairs[(e.table, e.key)] = e
+    result.fresh.append(e)  # derived rows (billing's ledger) are recomputed for it too
+    result.repaired += 1
 
 
 def _current_versions(
@@ -183,14 +223,14 @@ def _current_versions(
 
 
 def _upsert(
-    tx: Tx, p: str, specs: dict[str, TableSpec], winners: Any
+    tx: Tx, p: str, specs: dict[str, TableSpec], winners: Any, repair: bool = False
 ) -> None:
     by_table: dict[str, list[tuple[Any, ...]]] = {}
     for e in winners:
         by_table.setdefault(e.table, []).append((e.key, e.version, e.event_id, *e.values))
     for table, rows in by_table.items():
         # The WHERE guard keeps this right even if another writer got there first.
-        tx.executemany(specs[table].upsert_sql(p), rows)
+        tx.executemany(specs[table].upsert_sql(p, repair), rows)
 
 
 def apply_facts(tx: Tx, p: str, specs: dict[str, FactSpec], facts: Sequence[Fact]) -> None:
