@@ -110,7 +110,9 @@ def test_delete_with_full_before_image_retires_one_version_later() -> None:
     assert body(patient)["active"] is False and patient.event_type == "patient.retired"
 
 
-@pytest.mark.parametrize("before", [{"id": 9}, None], ids=["key-in-before", "kafka-key-only"])
+@pytest.mark.parametrize("before", [
+    {"id": 9}, {k: (9 if k == "id" else None) for k in s.charge_row(9, 1)}, None,
+], ids=["key-in-before", "key-and-nulls", "kafka-key-only"])
 def test_key_only_delete_still_retires(before: dict[str, Any] | None) -> None:
     live = one("charges", s.change("charges", "c", None, s.charge_row(9, 1)), 9)
     gone = one("charges", s.change("charges", "d", before, None), 9)

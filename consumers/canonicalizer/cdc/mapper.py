@@ -41,7 +41,9 @@ def map_change(change: Change, mappings: Mappings, ref: Any) -> list[CanonicalEv
         raise UnmappedTable(change.qualified, "no mapping file declares this table")
     delete = change.op == "d"
     row = _image(change, m)
-    key_only = delete and not (m.columns - set(m.key)) & row.keys()
+    # REPLICA IDENTITY DEFAULT: the before image has the key and nothing else (the other
+    # columns absent, or null as Debezium writes them).
+    key_only = delete and all(row.get(c) is None for c in m.columns - set(m.key))
     required = not key_only
     rid = _resource_id(change, m, row, required)
     body: dict[str, Any] = {
