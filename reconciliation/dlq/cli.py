@@ -129,7 +129,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     topic, filt = _build_filter(args)
     with _store(args, settings) as store:
         purged, replayed = store.purged(topic), store.replayed(topic)
-        records = ops.select(kafka_io.scan(settings, topic), filt, purged, args.include_purged)
+        scanned = ops.enrich(kafka_io.scan(settings, topic), _avro_decoder(settings))
+        records = ops.select(scanned, filt, purged, args.include_purged)
     rows = [_row(r, replayed, purged) for r in records]
     if args.json:
         for row in rows:
@@ -202,7 +203,8 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     topic, filt = _build_filter(args)
     with _store(args, settings) as store:
         report = ops.replay(settings, store, topic, filt, actor=ops.actor_name(args.actor),
-                            to=args.to, force=args.force, dry_run=args.dry_run)
+                            to=args.to, force=args.force, dry_run=args.dry_run,
+                            avro=_avro_decoder(settings))
     for sent in report.replayed:
         where = sent.topic if report.dry_run else f"{sent.topic}:{sent.partition}:{sent.offset}"
         print(f"{sent.record.partition}:{sent.record.offset} -> {where}")
@@ -220,7 +222,7 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
               "or --yes to purge them all", file=sys.stderr)
         return 2
     with _store(args, settings) as store:
-        records = list(kafka_io.scan(settings, topic))
+        records = list(ops.enrich(kafka_io.scan(settings, topic), _avro_decoder(settings)))
         selected = ops.select(records, filt, store.purged(topic))
         if not selected:
             print("0 records match: nothing to purge")

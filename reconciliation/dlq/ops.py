@@ -6,13 +6,14 @@ from __future__ import annotations
 import getpass
 import os
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from fhirbus.settings import Settings
 
 from . import kafka_io
 from .audit import Action, AuditStore, Position, Replayed
+from .decode import AvroDecoder
 from .filters import DlqFilter
 from .records import DeadLetter, Headers
 
@@ -25,6 +26,20 @@ def actor_name(explicit: str | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
+
+
+def enrich(records: Iterable[DeadLetter], avro: AvroDecoder | None) -> Iterator[DeadLetter]:
+    """Canonical-event values (projection and reconciler DLQs) carry their source system
+    inside the Avro envelope; decode it when a registry is at hand, else leave it empty."""
+    for record in records:
+        value = record.value
+        if avro is not None and value and value[:1] == b"\x00" and len(value) > 5:
+            try:
+                system = avro(value, record.original_topic or "").source.system
+            except Exception:  # not an envelope after all: show it without a source
+                system = ""
+            record = replace(record, envelope_system=system or "")
+        yield record
 
 
 def select(
@@ -79,8 +94,9 @@ class ReplayReport:
 def replay(
     settings: Settings, store: AuditStore, topic: str, filt: DlqFilter, *, actor: str,
     to: str | None = None, force: bool = False, dry_run: bool = False,
+    avro: AvroDecoder | None = None,
 ) -> ReplayReport:
-    records = list(kafka_io.scan(settings, topic))
+    records = list(enrich(kafka_io.scan(settings, topic), avro))
     selected = select(records, filt, store.purged(topic))
     plan = plan_replay(selected, store.replayed(topic), to, force)
     replay_id = str(uuid.uuid4())

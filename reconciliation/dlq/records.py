@@ -54,6 +54,8 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: Headers = field(default_factory=list)
+    # Source.system of a canonical-event value (Avro needs the registry; see ops.enrich).
+    envelope_system: str = ""
 
     @property
     def id(self) -> str:
@@ -158,6 +160,8 @@ class DeadLetter:
             return f"{app}/{fac}" if fac else app
         if cdc_source := self.header("cdc.source"):
             return cdc_source
+        if self.envelope_system:
+            return self.envelope_system
         topic = self.original_topic or ""
         if topic.startswith(CDC_TOPIC_PREFIX):
             return topic.split(".")[1]

@@ -15,8 +15,10 @@ from fhirbus.consumers.canonicalizer.errors import MissingRequiredField
 from fhirbus.consumers.deadletter import dead_letter
 from fhirbus.consumers.records import Record
 from fhirbus.embedded.broker import EmbeddedStack
-from fhirbus.kafka.config import producer_config
+from fhirbus.kafka.config import producer_config, resolve_registry_url
 from fhirbus.kafka.producer import Producer
+from fhirbus.schemas.envelope import CanonicalEvent, Source, stable_id
+from fhirbus.schemas.serde import EnvelopeSerde, registry_client
 from fhirbus.settings import Settings
 from tests.kafka_helpers import read_all
 
@@ -101,3 +103,45 @@ def test_purge_needs_confirmation_is_audited_and_hides_records(
     assert "0 would replay" in out  # a purged record is never replayed
     code, out, _ = fhirbus("dlq", "history", "--topic", dlq_topic)
     assert "purge" in out and "alice" in out and '"ids":["' + dlq_topic + ':0:0"]' in out
+
+
+def test_canonical_event_dead_letters_decode_through_the_registry_and_stay_masked(
+    embedded_stack: EmbeddedStack, settings: Settings, unique: str
+) -> None:
+    topic = f"dlq.proj-{unique}.v1"
+    embedded_stack.create_topic(topic, 1)
+    serde = EnvelopeSerde(registry_client(resolve_registry_url(settings)))
+    resource = {"resourceType": "Patient", "id": stable_id("p", unique),
+                "name": [{"family": "Roe", "given": ["Richard"]}], "birthDate": "1970-01-01"}
+    event = CanonicalEvent(
+        event_id=stable_id("e", unique), event_type="patient.upserted", resource_type="Patient",
+        resource_id=resource["id"], resource_version=1,
+        occurred_at=datetime(2026, 3, 1, tzinfo=UTC), recorded_at=datetime(2026, 3, 1, tzinfo=UTC),
+        source=Source(kind="hl7v2", system="ADT^HOSP", feed="adt", message_control_id="A9"),
+        mapping_version="t-1", resource=orjson.dumps(resource), subject_key="MRN777")
+    record = Record.detached("fhir.patient.v1", 3, 12, serde.serialize(event, "fhir.patient.v1"),
+                             b"MRN777", [("fhirbus.event_type", b"patient.upserted")])
+    pub = dead_letter(record, topic=topic, stage="projection-ehr", group="fhirbus-projection-ehr",
+                      error=RuntimeError("row for MRN777 violates constraint"),
+                      error_class="exhausted", attempts=5, first_failed_at=datetime.now(UTC),
+                      trace_id=None)
+    producer = Producer(producer_config(settings))
+    producer.send(pub.topic, pub.value, pub.key, pub.headers)
+    assert producer.flush(30) == 0
+    producer.close()
+
+    code, out, _ = fhirbus("dlq", "list", "--topic", topic, "--json",
+                           "--source-system", "ADT^HOSP", "--message-type", "patient.upserted")
+    assert code == 0
+    row = orjson.loads(out)
+    assert row["stage"] == "projection-ehr" and row["error_class"] == "exhausted"
+    assert row["reason"].startswith("RuntimeError (message withheld")
+    code, out, _ = fhirbus("dlq", "show", "--topic", topic, "0:0", "--json")
+    assert code == 0
+    value = orjson.loads(out)["original"]["value"]
+    assert value["format"] == "avro:CanonicalEvent"
+    envelope = value["envelope"]
+    assert envelope["event_type"] == "patient.upserted" and envelope["subject_key"] == "***"
+    assert envelope["resource"]["resourceType"] == "Patient"
+    assert envelope["resource"]["name"] == [{"family": "***", "given": ["***"]}]
+    assert not any(p in out for p in PHI) and "1970" not in out

@@ -129,7 +129,7 @@ def test_replay_after_a_mapping_fix_processes_exactly_the_failed_messages_once(
     code, out, _ = fhirbus("dlq", "replay", "--topic", DLQ, "--message-type", "ORU",
                            "--original-topic", raw_topic, "--actor", "ops-tester")
     assert code == 0 and "0 replayed, 3 already replayed" in out
-    assert canonicalize(settings, SiteConfig(), raw_topic, group, None, idle_s=3) == 0
+    assert canonicalize(settings, SiteConfig(), raw_topic, group, None, idle_s=2) == 0
     assert len(feed_events(embedded_stack, serde, "DiagnosticReport", feed, 3)) == 3
 
     # 4. Even forced, replaying again changes nothing downstream: same event ids, and the
