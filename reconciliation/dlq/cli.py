@@ -26,6 +26,11 @@ def register(sub: Any) -> None:
         "(<state dir>/dlq/audit.sqlite).",
     )
     dsub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    _register_reading(dsub)
+    _register_changing(dsub)
+
+
+def _register_reading(dsub: Any) -> None:
     ls = dsub.add_parser("list", help="list dead letters matching a filter (no PHI)")
     _filters(ls)
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -41,6 +46,14 @@ def register(sub: Any) -> None:
     show.add_argument("--audit-db", type=Path, help=argparse.SUPPRESS)
     show.set_defaults(func=_show)
 
+    hist = dsub.add_parser("history", help="the audit trail of replays and purges")
+    hist.add_argument("--topic", help="only actions on this DLQ topic or stage")
+    hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--audit-db", type=Path, help=argparse.SUPPRESS)
+    hist.set_defaults(func=_history)
+
+
+def _register_changing(dsub: Any) -> None:
     rp = dsub.add_parser("replay", help="send selected dead letters back to their topic")
     _filters(rp)
     rp.add_argument("--to", help="send to this topic instead of each record's original topic")
@@ -59,12 +72,6 @@ def register(sub: Any) -> None:
                     help="also DeleteRecords up to the first record that is not purged")
     pg.add_argument("--actor", help="who purges, for the audit record (default: OS user)")
     pg.set_defaults(func=_purge)
-
-    hist = dsub.add_parser("history", help="the audit trail of replays and purges")
-    hist.add_argument("--topic", help="only actions on this DLQ topic or stage")
-    hist.add_argument("--limit", type=int, default=50)
-    hist.add_argument("--audit-db", type=Path, help=argparse.SUPPRESS)
-    hist.set_defaults(func=_history)
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:

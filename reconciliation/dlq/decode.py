@@ -112,11 +112,10 @@ def hl7_structure(raw: bytes, *, show_phi: bool) -> list[dict[str, Any]]:
             continue
         parts = line.split(sep)
         seg_id = parts[0][:3]
-        first = 1
         if seg_id == "MSH":
             parts = [parts[0], sep, *parts[1:]]  # MSH-1 is the separator itself
         fields = {}
-        for n, value in enumerate(parts[first:], start=first):
+        for n, value in enumerate(parts[1:], start=1):
             if value == "":
                 continue
             visible = show_phi or seg_id == "MSH"

@@ -75,6 +75,17 @@ def _read(consumer: Consumer, topic: str, timeout_s: float) -> Iterator[DeadLett
             yield _dead_letter(topic, msg)
             if msg.offset() >= end - 1:
                 del ends[msg.partition()]
+        _drop_finished(consumer, topic, ends)
+
+
+def _drop_finished(consumer: Consumer, topic: str, ends: dict[int, int]) -> None:
+    """A partition whose last offsets hold no readable record (a transaction marker, a
+    compacted gap) is done when the consumer's position has passed the end."""
+    if not ends:
+        return
+    for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+        if tp.offset >= 0 and tp.offset >= ends[tp.partition]:
+            del ends[tp.partition]
 
 
 def _dead_letter(topic: str, msg: Message) -> DeadLetter:
