@@ -233,8 +233,40 @@ def test_connect_worker_resolves_the_connector_password_from_its_env(
     assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"] == (
         "org.apache.kafka.common.config.provider.EnvVarConfigProvider")
     assert password_env_var(example_source()) in env
+    allow = re.compile(env["CONNECT_CONFIG_PROVIDERS_ENV_PARAM_ALLOWLIST_PATTERN"])
+    assert allow.fullmatch(password_env_var(example_source()))
+    assert not allow.fullmatch("FHIRBUS_PROJECTIONS__DSN")
     assert env["KEY_CONVERTER"] == env["VALUE_CONVERTER"] == (
         "org.apache.kafka.connect.json.JsonConverter")
+
+
+# Names the images' entrypoints read besides their prefix (debezium/container-images,
+# connect-base/2.7/docker-entrypoint.sh); any other name would be silently ignored.
+DEBEZIUM_SHORT_NAMES = {"BOOTSTRAP_SERVERS", "GROUP_ID", "CONFIG_STORAGE_TOPIC",
+                        "OFFSET_STORAGE_TOPIC", "STATUS_STORAGE_TOPIC", "KEY_CONVERTER",
+                        "VALUE_CONVERTER", "HOST_NAME", "REST_PORT", "ADVERTISED_HOST_NAME",
+                        "ADVERTISED_PORT", "HEAP_OPTS", "LOG_LEVEL", "OFFSET_FLUSH_INTERVAL_MS",
+                        "OFFSET_FLUSH_TIMEOUT_MS", "SHUTDOWN_TIMEOUT"}
+
+
+def test_image_env_names_are_ones_the_images_read(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        env = env_of(service)
+        if image.startswith("apache/kafka:"):
+            # docker/examples/README.md of apache/kafka: KAFKA_<PROPERTY> plus CLUSTER_ID.
+            bad = {k for k in env if not k.startswith("KAFKA_") and k != "CLUSTER_ID"}
+        elif image.startswith("confluentinc/cp-schema-registry:"):
+            bad = {k for k in env if not k.startswith("SCHEMA_REGISTRY_")}
+        elif "debezium/connect:" in image:
+            passwords = {password_env_var(example_source())}
+            bad = {k for k in env if not k.startswith("CONNECT_")} - DEBEZIUM_SHORT_NAMES
+            bad -= passwords
+        elif image.startswith("postgres:"):
+            bad = {k for k in env if not k.startswith("POSTGRES_")}
+        else:
+            continue
+        assert not bad, f"{name}: {sorted(bad)} are read by nothing in {image}"
 
 
 def test_mounted_files_exist_in_the_repository(services: dict[str, dict[str, Any]]) -> None:
