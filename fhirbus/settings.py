@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     kafka_ssl_key_location: Path | None = None
     # Anything else librdkafka understands, passed through untouched (e.g. tuning).
     kafka_extra: dict[str, str] = Field(default_factory=dict)
+    # Replication of the catalog's topics when `fhirbus topics apply` creates them; unset =
+    # each topic's own (3). Set 1 only for a one-broker (laptop) cluster.
+    kafka_topic_replication: int | None = Field(None, ge=1)
     schema_registry_url: str | None = None
     schema_registry_basic_auth: SecretStr | None = None
     state_dir: Path = Field(default_factory=lambda: _default_state_dir())

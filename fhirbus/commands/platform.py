@@ -45,11 +45,19 @@ def _topics_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from fhirbus.schemas.topics import CATALOG
+
     from ..kafka.admin import apply_catalog
 
     if settings.uses_embedded_broker:
         return _topics_check_embedded(settings)
-    report = apply_catalog(settings, dry_run=args.dry_run)
+    catalog = CATALOG
+    if settings.kafka_topic_replication is not None:
+        catalog = tuple(replace(s, replication=settings.kafka_topic_replication)
+                        for s in CATALOG)
+    report = apply_catalog(settings, dry_run=args.dry_run, catalog=catalog)
     for line in report.lines():
         print(line)
     if report.failed:

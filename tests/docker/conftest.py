@@ -18,9 +18,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = Path(__file__).resolve().parent
+# FHIRBUS_DOCKER_PROFILE=laptop runs the tier on the one-broker laptop profile (README
+# "Running on Kafka"); the default is the three-broker file alone.
+PROFILE = os.environ.get("FHIRBUS_DOCKER_PROFILE", "three-brokers")
+COMPOSE_FILES = (["docker-compose.kafka.yml", "docker-compose.kafka.laptop.yml"]
+                 if PROFILE == "laptop" else ["docker-compose.kafka.yml"])
+BROKERS = ["kafka-1"] if PROFILE == "laptop" else ["kafka-1", "kafka-2", "kafka-3"]
 # The infrastructure; the fhirbus code under test runs in this process and in subprocesses.
-INFRA = ["kafka-1", "kafka-2", "kafka-3", "schema-registry", "connect", "source-db",
-         "readmodel-db"]
+INFRA = [*BROKERS, "schema-registry", "connect", "source-db", "readmodel-db"]
 SECRETS = {"SOURCE_DB_USER": "fhirbus", "SOURCE_DB_PASSWORD": "docker-tier-source",
            "READMODEL_DB_USER": "fhirbus", "READMODEL_DB_PASSWORD": "docker-tier-readmodel",
            "ANALYTICS_SECRET": "docker-tier-analytics"}
@@ -53,10 +58,11 @@ def kafka_env() -> Iterator[dict[str, str]]:
     from testcontainers.compose import DockerCompose
 
     os.environ.update(SECRETS)
-    with DockerCompose(ROOT, compose_file_name="docker-compose.kafka.yml", services=INFRA,
-                       wait=True):
+    with DockerCompose(ROOT, compose_file_name=COMPOSE_FILES, services=INFRA, wait=True):
         yield {
-            "FHIRBUS_KAFKA_BOOTSTRAP": "localhost:19092,localhost:19093,localhost:19094",
+            "FHIRBUS_KAFKA_BOOTSTRAP": ",".join(
+                f"localhost:{19092 + i}" for i in range(len(BROKERS))),
+            **({"FHIRBUS_KAFKA_TOPIC_REPLICATION": "1"} if PROFILE == "laptop" else {}),
             "FHIRBUS_SCHEMA_REGISTRY_URL": "http://localhost:8081",
             "FHIRBUS_CONNECT__URL": "http://localhost:8083",
             "FHIRBUS_CDC__SOURCES_FILE": str(

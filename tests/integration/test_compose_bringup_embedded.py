@@ -40,3 +40,31 @@ def test_schemas_register_twice_gives_the_same_ids(
     first = capsys.readouterr().out
     assert main(["schemas", "register"]) == 0
     assert capsys.readouterr().out == first and ": id " in first
+
+
+def test_topics_apply_creates_topics_with_the_configured_replication(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The laptop profile (one broker) sets FHIRBUS_KAFKA_TOPIC_REPLICATION=1; the catalog's
+    topics must then be created with replication 1 and no min.insync.replicas above it."""
+    from fhirbus.kafka import admin
+    from fhirbus.kafka.admin import ApplyReport
+
+    asked: list[tuple] = []
+
+    def record(settings: Settings, dry_run: bool, catalog: tuple) -> ApplyReport:
+        asked.extend(catalog)
+        return ApplyReport(unchanged=[s.name for s in catalog])
+
+    monkeypatch.setattr(admin, "apply_catalog", record)
+    monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "kafka-1:9092")
+    monkeypatch.setenv("FHIRBUS_KAFKA_TOPIC_REPLICATION", "1")
+    assert main(["topics", "apply"]) == 0
+    assert [s.name for s in asked] == [s.name for s in CATALOG]
+    assert {s.replication for s in asked} == {1}
+    assert all("min.insync.replicas" not in s.kafka_config() for s in asked)
+    monkeypatch.delenv("FHIRBUS_KAFKA_TOPIC_REPLICATION")
+    asked.clear()
+    assert main(["topics", "apply"]) == 0
+    assert [s.replication for s in asked] == [s.replication for s in CATALOG]
+    capsys.readouterr()

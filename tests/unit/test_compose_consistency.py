@@ -65,14 +65,72 @@ def interpolate(value: Any) -> str:
                        str(value)).replace("$$", "$")
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+# The two ways to run it (README "Running on Kafka"): 3 brokers, or the 1-broker laptop
+# profile, an override file merged on top. Every check below runs on both.
+LAPTOP = ROOT / "docker-compose.kafka.laptop.yml"
+PROFILES = {"three-brokers": [COMPOSE], "laptop": [COMPOSE, LAPTOP]}
+
+
+class _Override:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Reset:
+    pass
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's YAML: the !override and !reset tags of override files."""
+
+
+def _tagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_ComposeLoader.add_constructor("!override", lambda ld, n: _Override(_tagged(ld, n)))
+_ComposeLoader.add_constructor("!reset", lambda ld, n: _Reset())
+_REPLACED = {"command", "entrypoint", "test"}  # Compose replaces these sequences
+
+
+def merge(base: Any, over: Any, key: str = "") -> Any:
+    """Compose's merge rules (compose-spec "Merge"): mappings merge, sequences append
+    (unique entries), shell commands and !override replace, !reset removes."""
+    if isinstance(over, _Override):
+        return over.value
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            if isinstance(v, _Reset):
+                out.pop(k, None)
+            else:
+                out[k] = merge(base[k], v, k) if k in base else merge(None, v, k)
+        return out
+    if isinstance(base, list) and isinstance(over, list) and key not in _REPLACED:
+        return base + [item for item in over if item not in base]
+    return over
+
+
+def load_compose(files: list[Path]) -> dict[str, Any]:
+    merged: Any = None
+    for path in files:
+        merged = merge(merged, yaml.load(path.read_text(), Loader=_ComposeLoader))
+    return merged
+
+
+@pytest.fixture(scope="module", params=list(PROFILES))
+def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load_compose(PROFILES[request.param])
 
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    """The services `docker compose up` starts: those in no profile."""
+    return {n: s for n, s in compose["services"].items() if not s.get("profiles")}
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:
@@ -211,8 +269,66 @@ def test_every_fhirbus_command_is_a_real_cli_command(
         commands)
 
 
-def test_no_secret_is_written_in_the_file(services: dict[str, dict[str, Any]]) -> None:
-    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+def test_merge_follows_the_compose_rules() -> None:
+    base = {"s": {"ports": ["1:1"], "command": ["a"], "environment": {"A": "1", "B": "2"},
+                  "depends_on": {"x": {}}, "dns": ["d"]}}
+    text = ("s:\n  ports: [\"2:2\"]\n  command: [b]\n  environment: {B: '3'}\n"
+            "  depends_on: !override {y: {}}\n  dns: !reset []\n")
+    over = yaml.load(text, Loader=_ComposeLoader)
+    assert merge(base, over) == {"s": {"ports": ["1:1", "2:2"], "command": ["b"],
+                                       "environment": {"A": "1", "B": "3"},
+                                       "depends_on": {"y": {}}}}
+
+
+def test_dependencies_are_services_that_run(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dep in service.get("depends_on") or {}:
+            assert dep in services, f"{name} waits for {dep}, which this profile never starts"
+
+
+def _int(env: dict[str, str], key: str, default: int) -> int:
+    return int(env.get(key, default))
+
+
+def test_replication_never_exceeds_the_brokers_that_run(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    brokers = {n: env_of(s) for n, s in services.items()
+               if s.get("image", "").startswith("apache/kafka:")}
+    count = len(brokers)
+    assert count in (1, 3)
+    ids = {env["KAFKA_NODE_ID"] for env in brokers.values()}
+    for name, env in brokers.items():
+        voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+        assert {v.split("@")[0] for v in voters} == ids, f"{name}: voters are not the brokers"
+        assert {v.split("@")[1].split(":")[0] for v in voters} == set(brokers)
+        for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):
+            assert int(env[key]) <= count, f"{name}: {key}"
+        # acks=all needs min ISR replicas in sync: below the replication, or nothing is
+        # writable while one broker restarts.
+        rf = int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"])
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == max(1, rf - 1)
+    connect = env_of(services["connect"])
+    for what in ("CONFIG", "OFFSET", "STATUS"):
+        assert int(connect[f"CONNECT_{what}_STORAGE_REPLICATION_FACTOR"]) <= count
+    registry = env_of(services["schema-registry"])
+    assert _int(registry, "SCHEMA_REGISTRY_KAFKASTORE_TOPIC_REPLICATION_FACTOR", 3) <= count
+    from fhirbus.schemas.topics import CATALOG
+
+    for name, service in fhirbus_services(services).items():
+        env = env_of(service)
+        catalog_rf = max(spec.replication for spec in CATALOG)
+        assert _int(env, "FHIRBUS_KAFKA_TOPIC_REPLICATION", catalog_rf) <= count, name
+        assert len(env["FHIRBUS_KAFKA_BOOTSTRAP"].split(",")) == count, name
+    for host in registry["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"].split(",") + connect[
+            "BOOTSTRAP_SERVERS"].split(","):
+        assert host.split(":")[0] in brokers, f"{host} is not a broker that runs"
+
+
+@pytest.mark.parametrize("path", [COMPOSE, LAPTOP], ids=lambda p: p.name)
+def test_no_secret_is_written_in_the_file(path: Path) -> None:
+    raw = yaml.load(path.read_text(), Loader=_ComposeLoader)["services"]
     required = re.compile(r"\$\{[A-Z_]+:\?[^}]+\}")  # ${VAR:?why}: from the environment
     for name, service in raw.items():
         for key, value in (service.get("environment") or {}).items():
