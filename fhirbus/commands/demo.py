@@ -1,25 +1,48 @@
-"""``fhirbus demo``: push the HL7 corpus through a running platform and say what happened."""
+"""``fhirbus demo``: push sample traffic through a running ``fhirbus up`` and say what happened.
+
+HL7 v2 goes over MLLP (the corpus, plus a message that is not HL7 and one of a type nothing
+maps); when the platform runs CDC, a scripted series of changes goes into the example
+lab/billing database. Then it waits for the pipeline to settle and reports: messages
+accepted and rejected, canonical events per topic, read-model counts, a sample patient
+chart, dead letters with their reasons, and a reconciliation run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..settings import Settings
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "hl7v2"
+DEFAULT_CORPUS = Path(
+    os.environ.get("FHIRBUS_CORPUS") or Path(__file__).resolve().parents[2].parent / "shared"
+    / "corpus") / "hl7v2"
+# Always sent, so the dead-letter sections have entries whatever the corpus holds.
+NOT_HL7 = ("demo/not-hl7", b"this is not an HL7 message\r")
+UNMAPPABLE = ("demo/unmappable-ZZZ", b"MSH|^~\\&|DEMO|DEMO|FHIRBUS|FHIRBUS|20250101120000||"
+              b"ZZZ^Z99^ZZZ_Z99|DEMO-UNMAPPABLE-1|P|2.5.1\rZZZ|1|a message type nothing maps\r")
 
 
 def register(sub: Any) -> None:
-    demo = sub.add_parser("demo", help="send the HL7 corpus to a running listener and report")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, help="listener port (default FHIRBUS_HL7__PORT)")
+    demo = sub.add_parser(
+        "demo", help="send sample HL7 (and CDC changes) through a running `fhirbus up`, report",
+        description="Run `fhirbus up` first (another terminal), or pass --port for a listener "
+        "started on its own. `--reset-cdc` (with `fhirbus up` stopped) drops the example CDC "
+        "database and its replication slot.")
+    demo.add_argument("--host", help="listener host (default: from `fhirbus up`)")
+    demo.add_argument("--port", type=int, help="listener port (default: from `fhirbus up`)")
     demo.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="HL7 v2 files")
-    demo.add_argument("--settle", type=float, default=5.0, help="seconds to let consumers work")
+    demo.add_argument("--timeout", type=float, default=90.0,
+                      help="seconds to wait for the pipeline to settle")
+    demo.add_argument("--no-cdc", action="store_true", help="skip the CDC changes")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--reset-cdc", action="store_true",
+                      help="drop the example CDC database and slot, then exit")
     demo.set_defaults(func=_demo)
 
 
@@ -38,48 +61,100 @@ def corpus_messages(root: Path) -> list[tuple[str, bytes]]:
     return out
 
 
+def demo_messages(root: Path) -> list[tuple[str, bytes]]:
+    return [*corpus_messages(root), NOT_HL7, UNMAPPABLE]
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from fhirbus.producers.mllp.client import MllpClient, ack_code
+    from fhirbus.supervisor import demo_flow
 
+    if args.reset_cdc:
+        return demo_flow.reset_cdc(settings)
     if not args.corpus.is_dir():
-        print(f"corpus not found at {args.corpus}: pass --corpus DIR (HL7 v2 files)",
-              file=sys.stderr)
+        print(f"fhirbus demo: corpus not found at {args.corpus}; pass --corpus DIR (a folder "
+              "of HL7 v2 files) or set FHIRBUS_CORPUS", file=sys.stderr)
         return 2
-    port = args.port or settings.hl7.port
-    messages = corpus_messages(args.corpus)
-    codes: Counter[str] = Counter()
-    print(f"sending {len(messages)} HL7 v2 messages to {args.host}:{port} over MLLP ...")
-    try:
-        with MllpClient(args.host, port) as client:
-            for _label, raw in messages:
-                codes[ack_code(client.send(raw)) or "no MSA"] += 1
-    except OSError as exc:
-        print(f"cannot reach the MLLP listener at {args.host}:{port} ({exc}); start it with "
-              "`fhirbus hl7 listen` (or `bash scripts/demo`)", file=sys.stderr)
+    target = demo_flow.find_listener(settings, args.host, args.port)
+    if isinstance(target, str):
+        print(f"fhirbus demo: {target}", file=sys.stderr)
         return 1
-    print("acknowledgements: " + ", ".join(f"{k} {v}" for k, v in sorted(codes.items())))
-    time.sleep(args.settle)
-    _print_topic_counts(settings)
-    return 0
+    summary: dict[str, Any] = {"mllp": f"{target[0]}:{target[1]}"}
+    sent = demo_flow.send_hl7(target, demo_messages(args.corpus))
+    if isinstance(sent, str):
+        print(f"fhirbus demo: {sent}", file=sys.stderr)
+        return 1
+    summary["messages"] = sent
+    summary["cdc"] = demo_flow.cdc_changes(settings, skip=args.no_cdc)
+    settled = demo_flow.settle(settings, summary["cdc"], args.timeout)
+    summary["settled"] = settled
+    summary.update(demo_flow.gather(settings))
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print_summary(summary)
+    return 0 if settled.get("ok") else 1
 
 
-def _print_topic_counts(settings: Settings) -> None:
-    from confluent_kafka import Consumer, TopicPartition
+def print_summary(s: dict[str, Any]) -> None:
+    from fhirbus.supervisor.demo_report import chart_lines
 
-    from ..kafka.config import client_config
+    m = s["messages"]
+    _head("HL7 v2 messages over MLLP")
+    print(f"  {m['sent']} sent to {s['mllp']}: {m['accepted']} accepted, {m['rejected']} "
+          f"rejected  (ACK codes: {_codes(m['codes'])})")
+    _head("CDC changes (PostgreSQL)")
+    cdc = s["cdc"]
+    print(f"  {cdc['note']}")
+    for step in cdc.get("steps", []):
+        print(f"    {step}")
+    _head("Records per topic")
+    for topic, n in s["topics"].items():
+        print(f"  {topic:36} {n}")
+    _head("Read models (rows per table)")
+    for name, tables in s["read_models"].items():
+        shown = tables if isinstance(tables, str) else \
+            ", ".join(f"{t} {n}" for t, n in tables.items())
+        print(f"  {name:10} {shown}")
+    _head("Sample patient chart (EHR read model)")
+    for line in chart_lines(s["chart"]) if s["chart"] else ["  (no patient with results yet)"]:
+        print(f"  {line}")
+    _head("Dead letters, with their reasons")
+    for topic, reasons in s["dead_letters"].items():
+        print(f"  {topic} ({sum(reasons.values())}):")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:4} x {reason}")
+    if not s["dead_letters"]:
+        print("  (none)")
+    _head("Reconciliation")
+    for line in _reconciliation(s["reconciliation"]):
+        print(f"  {line}")
+    if not s["settled"].get("ok"):
+        print(f"\n{s['settled']['note']}")
 
-    consumer = Consumer({**client_config(settings), "group.id": "fhirbus-demo-report"})
-    try:
-        topics = consumer.list_topics(timeout=10).topics
-        print("records per topic:")
-        for name in sorted(topics):
-            if name.startswith("__"):
-                continue
-            total = 0
-            for p in topics[name].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=5)
-                total += max(0, high - low)
-            if total:
-                print(f"  {name:32} {total}")
-    finally:
-        consumer.close()
+
+def _head(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def _codes(codes: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(codes.items()))
+
+
+def _reconciliation(rec: dict[str, Any]) -> list[str]:
+    if "report" not in rec:
+        return [rec.get("note") or rec.get("error") or "no report"]
+    report = rec["report"]
+    if not isinstance(report, dict):
+        return [str(report)]
+    lines = [f"run {report.get('run_id')}: total drift {report.get('total_drift')} "
+             f"in {report.get('duration_s')} s"]
+    for check in report.get("checks") or []:
+        notes = "; ".join(check.get("notes") or [])
+        lines.append(f"  {check.get('name'):22} compared {check.get('compared'):>5}, "
+                     f"drift {check.get('drift')}" + (f"  ({notes})" if notes else ""))
+    for key in ("by_class", "by_action"):
+        if report.get(key):
+            lines.append(f"  {key}: {orjson.dumps(report[key]).decode()}")
+    lines += [f"  error: {e}" for e in report.get("errors") or []]
+    return lines
+

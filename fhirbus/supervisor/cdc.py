@@ -20,6 +20,7 @@ EXAMPLE_DSN_ENV = "FHIRBUS_CDC_LABBILLING_DSN"
 # Its own database, so the demo never touches anyone's tables and a reset is a DROP.
 EXAMPLE_DSN = "postgresql://postgres@127.0.0.1:5432/fhirbus_example"
 CONNECT_TIMEOUT_S = 2
+OWN_DATABASE_PREFIX = "fhirbus_"  # databases the demo and tests create, and may drop
 
 
 @dataclass
@@ -28,6 +29,7 @@ class CdcPlan:
     note: str
     sources_file: Path | None = None
     sources: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)  # cdc.<source>.<schema>.<table>
     env: dict[str, str] = field(default_factory=dict)  # for the children
 
     def to_json(self) -> dict[str, object]:
@@ -74,8 +76,8 @@ def plan_cdc(settings: Settings, has_cdc_command: bool) -> CdcPlan:
         if problem:
             return _unavailable(mode, f"source {source.name}: {problem}")
     return CdcPlan(True, f"CDC on for {', '.join(s.name for s in sources)} ({path})",
-                   path, [s.name for s in sources], {"FHIRBUS_CDC__SOURCES_FILE": str(path),
-                                                     **env})
+                   path, [s.name for s in sources], [s.topic(t) for s in sources for t in s.tables],
+                   {"FHIRBUS_CDC__SOURCES_FILE": str(path), **env})
 
 
 def _unavailable(mode: str, why: str) -> CdcPlan:
@@ -134,8 +136,9 @@ def ensure_example_database(dsn: str) -> None:
 
 
 def drop_example(dsn: str, slots: list[str]) -> list[str]:
-    """Drop the example's replication slots and database; returns what was dropped. A slot
-    left behind keeps WAL on the server forever, so the demo and tests always call this.
+    """Drop the example's replication slots and (when it is one of ours, ``fhirbus_*``) its
+    database; returns what was dropped. A slot left behind keeps WAL on the server forever,
+    so the demo and tests always call this.
     An active slot (CDC still running) is refused: stop ``fhirbus up`` first."""
     import psycopg
     from psycopg import sql
@@ -153,6 +156,8 @@ def drop_example(dsn: str, slots: list[str]) -> list[str]:
                                    "reader; stop `fhirbus up` first, then run this again")
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             dropped.append(f"slot {slot}")
+        if not name.startswith(OWN_DATABASE_PREFIX):
+            return dropped  # not one we created: never drop someone's database
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
             dropped.append(f"database {name}")

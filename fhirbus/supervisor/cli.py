@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from .cdc import plan_cdc
+    from .kafka_view import ensure_topics
     from .plan import build_plan, free_port, has_command
     from .runner import Supervisor
 
@@ -54,6 +55,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         backoff_max_s=conf.restart_backoff_max_s, stop_timeout_s=conf.stop_timeout_s,
         extra={"cdc": cdc.to_json(), "notes": plan.notes},
         echo=lambda line: print(line, flush=True),
+        after_broker=lambda: ensure_topics(settings, cdc.topics),
     )
     return supervisor.run()
 

@@ -21,6 +21,22 @@ def is_dead_letter(topic: str) -> bool:
     return topic.startswith("dlq.") or topic == REJECTED_HL7
 
 
+def ensure_topics(settings: Settings, topics: list[str]) -> None:
+    """Have the embedded broker create ``topics`` now (a producer's metadata request
+    auto-creates them), so a consumer subscribing before the first record sees them at
+    once instead of at its next metadata refresh, minutes later."""
+    from confluent_kafka import Producer
+
+    from fhirbus.kafka.config import client_config
+
+    if not topics:
+        return
+    producer = Producer(client_config(settings))
+    for topic in topics:
+        producer.list_topics(topic=topic, timeout=TIMEOUT_S)
+    producer.flush(0)
+
+
 class KafkaView:
     def __init__(self, settings: Settings) -> None:
         from fhirbus.kafka.config import client_config

@@ -84,9 +84,9 @@ def build_plan(settings: Settings, cdc: CdcPlan, mllp_port: int) -> Plan:
                                      env=tuple(cdc.env.items())))
     if has_command("reconcile", "schedule"):
         every = f"{settings.supervisor.reconcile_every_s:g}"
+        env = (*cdc.env.items(), ("FHIRBUS_PROJECTIONS__ANALYTICS_SECRET", secret))
         specs.append(ProcessSpec("reconciler", "reconciler",
-                                 ("reconcile", "schedule", "--every", every),
-                                 env=tuple(cdc.env.items())))
+                                 ("reconcile", "schedule", "--every", every), env=env))
         notes["reconciler"] = f"reconciliation every {every} s"
     else:
         notes["reconciler"] = "no `fhirbus reconcile schedule` in this installation"
@@ -94,5 +94,24 @@ def build_plan(settings: Settings, cdc: CdcPlan, mllp_port: int) -> Plan:
 
 
 def canonicalizer_argv(cdc: CdcPlan) -> tuple[str, ...]:
-    """The canonicalizer reads the CDC topics too when CDC runs and it knows how to."""
+    """It reads hl7.raw.v1 and the CDC topics of the sources file in its environment (or,
+    without one, every cdc.* topic by regex)."""
     return ("canonicalize",)
+
+
+def child_env(settings: Settings, supervisor: dict[str, object]) -> dict[str, str]:
+    """What a one-off command (``reconcile run``) needs to see what ``up``'s children see:
+    the CDC sources file and DSN, and the analytics key."""
+    from fhirbus.connectors.sources import EXAMPLE_SOURCES
+
+    from .cdc import example_env
+
+    env: dict[str, str] = {"FHIRBUS_STATE_DIR": str(settings.state_dir)}
+    cdc = supervisor.get("cdc")
+    sources_file = cdc.get("sources_file") if isinstance(cdc, dict) else None
+    if sources_file:
+        env["FHIRBUS_CDC__SOURCES_FILE"] = str(sources_file)
+        if sources_file == str(EXAMPLE_SOURCES):
+            env.update(example_env())
+    env["FHIRBUS_PROJECTIONS__ANALYTICS_SECRET"] = analytics_secret(settings)[0]
+    return env

@@ -67,7 +67,7 @@ def log_tail(path: Path, lines: int = 8) -> str:
 class Supervisor:
     def __init__(self, state_dir: Path, specs: list[ProcessSpec], *, backoff_initial_s: float,
                  backoff_max_s: float, stop_timeout_s: float, extra: dict[str, Any],
-                 echo: Echo = print) -> None:
+                 echo: Echo = print, after_broker: Callable[[], None] | None = None) -> None:
         self.state_dir = state_dir
         self.logs = state.logs_dir(state_dir)
         self.children = {s.name: Child(s) for s in model.start_order(specs)}
@@ -76,6 +76,7 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.extra = extra  # cdc/reconciler notes, for the state file
         self.echo = echo
+        self.after_broker = after_broker  # e.g. create topics consumers subscribe to
         self.phase = "starting"
         self.mllp: str | None = None
         self.started_at = time.time()
@@ -166,8 +167,7 @@ class Supervisor:
         log = self.logs / f"{child.spec.name}.log"
         while not self._stop:
             if self._is_ready(child):
-                self.states[child.spec.name] = model.became_ready(self.states[child.spec.name])
-                self._save()
+                self._ready(child)
                 return
             code = child.proc.poll() if child.proc else None
             if code is not None:
@@ -179,6 +179,16 @@ class Supervisor:
                                    f"{READY_TIMEOUT_S:.0f} s; see {log}")
             time.sleep(0.05)
 
+    def _ready(self, child: Child) -> None:
+        self.states[child.spec.name] = model.became_ready(self.states[child.spec.name])
+        self._save()
+        if child.spec.kind == "broker" and self.after_broker is not None:
+            try:
+                self.after_broker()
+            except Exception as exc:  # not fatal: consumers find topics at their next refresh
+                self.echo(f"fhirbus up: could not pre-create topics on the broker ({exc}); "
+                          "consumers will find them at their next metadata refresh")
+
     # -- supervision -----------------------------------------------------------------------
     def tick(self, now: float) -> None:
         for name, child in self.children.items():
@@ -188,8 +198,7 @@ class Supervisor:
                 if code is not None:
                     self._on_exit(child, code, now)
                 elif st.status == "starting" and self._is_ready(child):
-                    self.states[name] = model.became_ready(st)
-                    self._save()
+                    self._ready(child)
             elif model.due(st, now):
                 self.echo(f"fhirbus up: restarting {name} (restart {st.restarts})")
                 self._spawn(child)

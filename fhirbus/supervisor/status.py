@@ -136,6 +136,11 @@ def last_reconciliation(settings: Settings) -> dict[str, Any]:
 
 
 def summarize_report(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("started_at", "finished_at", "drift", "total_drift", "drift_total", "repaired",
-            "worklist", "compared", "status")
-    return {k: report[k] for k in keys if k in report}
+    keys = ("run_id", "finished_at", "total_drift", "by_class", "by_action")
+    out = {k: report[k] for k in keys if k in report}
+    checks = report.get("checks")
+    if isinstance(checks, list):
+        out["compared"] = sum(int(c.get("compared") or 0) for c in checks)
+    if report.get("errors"):
+        out["errors"] = len(report["errors"])
+    return out
