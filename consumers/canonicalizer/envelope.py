@@ -34,7 +34,8 @@ def to_events(ctx: MappingContext, mapped: list[Mapped]) -> list[CanonicalEvent]
         rid = m.resource["id"]
         causation = events[m.causation_of].event_id if m.causation_of is not None else None
         events.append(CanonicalEvent(
-            event_id=identity.event_id(m.resource_type, rid, m.version, m.event_type),
+            event_id=identity.event_id(m.resource_type, rid, m.version, m.event_type,
+                                       correlation),
             event_type=m.event_type,
             resource_type=m.resource_type,
             resource_id=rid,
@@ -66,5 +67,5 @@ def with_revision(event: CanonicalEvent, revision: int) -> CanonicalEvent:
         event,
         resource_version=version,
         event_id=identity.event_id(event.resource_type, event.resource_id, version,
-                                   event.event_type),
+                                   event.event_type, event.correlation_id or ""),
     )

@@ -68,8 +68,15 @@ def revision_of(resource_version: int) -> int:
     return resource_version % RANK_FACTOR
 
 
-def event_id(resource_type: str, rid: str, resource_version: int, event_type: str) -> str:
-    return fast_stable_id("event", resource_type, rid, resource_version, event_type)
+def event_id(resource_type: str, rid: str, resource_version: int, event_type: str,
+             origin: str = "") -> str:
+    """``origin`` names the source message (its correlation id): two different messages that
+    state the same resource at the same business time carry different content (meta.source
+    at least), so they must not share an event id; the projections then break the version
+    tie on event id, the same way whatever the delivery order."""
+    if not origin:
+        return fast_stable_id("event", resource_type, rid, resource_version, event_type)
+    return fast_stable_id("event", resource_type, rid, resource_version, event_type, origin)
 
 
 def correlation_id(feed: str, sender: str, control_id: str, index: int) -> str:

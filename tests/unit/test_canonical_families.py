@@ -140,3 +140,17 @@ def test_timestamps_keep_precision_and_take_the_feed_zone_when_none_is_given() -
 def test_the_fast_id_is_exactly_the_envelope_stable_id() -> None:
     for parts in (("a", None, 1), ("hl7v2", "Patient", "urn:oid:1.2", "ÄÖ 123"), ()):
         assert fast_stable_id(*parts) == stable_id(*parts)
+
+
+def test_two_messages_stating_one_patient_at_one_time_do_not_share_an_event_id() -> None:
+    # Regression (found by the projection property test): two messages with the same
+    # timestamp gave the same event id with different content (meta.source), so the read
+    # model kept whichever arrived first.
+    first = map_message(adt("A08", "20260301120000", control="M1"), REF, SITE)
+    second = map_message(adt("A08", "20260301120000", control="M6"), REF, SITE)
+    (p1,), (p2,) = ([e for e in evs if e.resource_type == "Patient"] for evs in (first, second))
+    assert (p1.resource_id, p1.resource_version) == (p2.resource_id, p2.resource_version)
+    assert p1.resource != p2.resource
+    assert p1.event_id != p2.event_id
+    again = map_message(adt("A08", "20260301120000", control="M1"), REF, SITE)
+    assert [e.event_id for e in again] == [e.event_id for e in first]
