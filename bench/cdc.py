@@ -8,7 +8,9 @@
    backlog in the same run: PostgreSQL's own decoding rate through
    ``pg_logical_slot_peek_(binary_)changes`` with no Python and no Kafka, and the ratio.
 2. Latency: a steady 500 row changes/s (5-row transactions every 10 ms); per row, COMMIT
-   returned -> its Debezium event readable on Kafka (p50/p99).
+   returned -> its Debezium event readable on Kafka, and -> its canonical FHIR Patient
+   event readable on ``fhir.patient.v1`` (the canonicalizer running beside it with the
+   example mappings), p50/p99.
 
 A private copy of the example schema and its own slot; both are dropped at the end.
 """
@@ -32,9 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fhirbus.connectors.cdc import catalog
 from fhirbus.connectors.cdc.reader import CdcReader, run
+from fhirbus.consumers.canonicalizer import SiteConfig, app
+from fhirbus.consumers.canonicalizer.cdc import EXAMPLE_MAPPINGS
 from fhirbus.embedded.broker import EmbeddedStack
-from fhirbus.settings import load_settings
+from fhirbus.kafka.config import resolve_registry_url
+from fhirbus.schemas.serde import EnvelopeSerde, registry_client
+from fhirbus.schemas.topics import canonical_topic
+from fhirbus.settings import Settings, load_settings
 from tests.cdc_helpers import PG_DSN, private_source
+
+CANONICAL = canonical_topic("Patient")
 
 
 def write_backlog(schema: str, rows: int, start: int = 0) -> None:
@@ -73,42 +82,86 @@ def throughput(settings: object, rows: int) -> None:
               f"{'met' if rate >= 10_000 else 'MISSED'})")
 
 
-def latency(settings: object, bootstrap: str, seconds: float) -> None:
+def latency(settings: Settings, bootstrap: str, seconds: float, mappings: Path) -> None:
     with private_source(snapshot="never", tables=("patients",)) as source:
         schema = source.tables[0].schema_name
-        reader, stop = CdcReader(source, settings), threading.Event()  # type: ignore[arg-type]
+        settings = _with_mappings(settings, schema, mappings)
+        reader, stop = CdcReader(source, settings), threading.Event()
         reader.start()
         thread = threading.Thread(target=run, args=(reader, stop))
         thread.start()
         topic = source.topic(source.tables[0])
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                             "fetch.wait.max.ms": 5, "enable.auto.commit": False})
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
-        # Warm-up: the first record creates the topic; that is not steady-state latency.
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f"INSERT INTO {schema}.patients (id, mrn, family_name) "  # type: ignore[arg-type]
-                         "VALUES (-1, 'W', 'W')")
-        while not any(m.error() is None for m in consumer.consume(10, 0.5)):
-            pass
+        canon = threading.Thread(target=app.run, args=(settings, SiteConfig()), kwargs={
+            "topics": [topic], "group_id": f"bench-{uuid.uuid4().hex}",
+            "idle_exit_s": 4.0, "install_signals": False})
+        cdc, fhir = _consumer(bootstrap, topic), _consumer(bootstrap, CANONICAL)
+        serde = EnvelopeSerde(registry_client(resolve_registry_url(settings)))
+        _warm_up(schema, cdc, canon)
         committed: dict[int, float] = {}
         writer = threading.Thread(target=_steady_writer, args=(schema, seconds, committed))
         writer.start()
-        arrived: dict[int, float] = {}
-        deadline = time.monotonic() + seconds + 10
+        on_kafka: dict[int, float] = {}
+        canonical: dict[int, float] = {}
+        deadline = time.monotonic() + seconds + 15
         while time.monotonic() < deadline and (writer.is_alive() or
-                                                len(arrived) < len(committed)):
-            for msg in consumer.consume(500, 0.05):
+                                                len(canonical) < len(committed)):
+            for msg in cdc.consume(500, 0.01):
                 if msg.error() is None and msg.value() is not None:
-                    arrived.setdefault(orjson.loads(msg.key())["id"], time.time())
-        consumer.close()
+                    on_kafka.setdefault(orjson.loads(msg.key())["id"], time.time())
+            for msg in fhir.consume(500, 0.01):
+                if msg.error() is None and msg.value() is not None:
+                    event = serde.deserialize(msg.value(), CANONICAL)
+                    mrn = orjson.loads(event.resource)["identifier"][0]["value"]
+                    if mrn[1:].isdigit():  # not the warm-up row
+                        canonical.setdefault(int(mrn[1:]), time.time())
+        cdc.close()
+        fhir.close()
         stop.set()
         thread.join()
+        canon.join()
         reader.close()
-        lags = sorted((arrived[i] - committed[i]) * 1000 for i in committed if i in arrived)
-        p99 = lags[int(len(lags) * 0.99) - 1]
-        print(f"latency at a steady 500 changes/s for {seconds:.0f} s ({len(lags)}/"
-              f"{len(committed)} rows): COMMIT -> Debezium event on Kafka "
-              f"p50 {statistics.median(lags):.1f} ms, p99 {p99:.1f} ms")
+        print(f"latency at a steady 500 changes/s for {seconds:.0f} s:")
+        _print_lags("COMMIT -> Debezium event on Kafka", committed, on_kafka)
+        _print_lags("COMMIT -> canonical FHIR event (fhir.patient.v1)", committed, canonical)
+
+
+def _with_mappings(settings: Settings, schema: str, folder: Path) -> Settings:
+    """The example mappings, pointed at the bench's private copy of the schema."""
+    folder.mkdir(exist_ok=True)
+    for path in EXAMPLE_MAPPINGS.glob("*.yaml"):
+        (folder / path.name).write_text(path.read_text().replace("labbilling.", f"{schema}."))
+    return settings.model_copy(update={"cdc": settings.cdc.model_copy(
+        update={"mappings_dir": folder})})
+
+
+def _consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "fetch.wait.max.ms": 5, "enable.auto.commit": False})
+    # Canonical topics have the catalog's partition count; CDC topics auto-create with 4.
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions or range(4)
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    return consumer
+
+
+def _warm_up(schema: str, cdc: Consumer, canon: threading.Thread) -> None:
+    # The first record creates the topics and the canonicalizer's group; not steady state.
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {schema}.patients (id, mrn, family_name) "  # type: ignore[arg-type]
+                     "VALUES (-1, 'W', 'W')")
+    while not any(m.error() is None for m in cdc.consume(10, 0.5)):
+        pass
+    canon.start()
+    time.sleep(3.0)  # group join on the embedded broker takes seconds
+
+
+def _print_lags(label: str, committed: dict[int, float], arrived: dict[int, float]) -> None:
+    lags = sorted((arrived[i] - committed[i]) * 1000 for i in committed if i in arrived)
+    if not lags:
+        print(f"  {label}: nothing arrived")
+        return
+    p99 = lags[max(0, int(len(lags) * 0.99) - 1)]
+    print(f"  {label}: p50 {statistics.median(lags):.1f} ms, p99 {p99:.1f} ms "
+          f"({len(lags)}/{len(committed)} rows)")
 
 
 def _steady_writer(schema: str, seconds: float, committed: dict[int, float]) -> None:
@@ -130,12 +183,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--lag-seconds", type=float, default=5.0)
     args = parser.parse_args()
-    with EmbeddedStack(num_brokers=1, with_registry=False) as stack, \
+    with EmbeddedStack(num_brokers=1, with_registry=True) as stack, \
             tempfile.TemporaryDirectory() as state:
         stack.publish(Path(state))
         settings = load_settings(state_dir=Path(state), log_level="WARNING")
         throughput(settings, args.rows)
-        latency(settings, stack.bootstrap, args.lag_seconds)
+        latency(settings, stack.bootstrap, args.lag_seconds, Path(state) / "mappings")
 
 
 if __name__ == "__main__":
