@@ -47,14 +47,15 @@ def register(sub: Any) -> None:
 
 
 def corpus_messages(root: Path) -> list[tuple[str, bytes]]:
-    """(label, bytes) per message; batch files are split into their messages."""
+    """(label, bytes) per message: a file holding several messages (a batch) is split into
+    them, as a sender would send them; files under invalid/ go as they are."""
     from fhirbus.hl7.parser import HL7ParseError, split_batch
 
     out: list[tuple[str, bytes]] = []
     for path in sorted(root.rglob("*.hl7")):
         raw = path.read_bytes()
         try:
-            parts = split_batch(raw) if "batch" in path.parts else [raw]
+            parts = [raw] if path.parent.name == "invalid" else split_batch(raw)
         except HL7ParseError:
             parts = [raw]  # the listener must reject it; sending it is the point
         out += [(f"{path.parent.name}/{path.name}", p) for p in parts]
