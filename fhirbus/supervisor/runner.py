@@ -199,9 +199,14 @@ class Supervisor:
                     self._on_exit(child, code, now)
                 elif st.status == "starting" and self._is_ready(child):
                     self._ready(child)
-            elif model.due(st, now):
+            elif model.due(st, now) and (child.spec.kind == "broker" or self._broker_up()):
                 self.echo(f"fhirbus up: restarting {name} (restart {st.restarts})")
                 self._spawn(child)
+
+    def _broker_up(self) -> bool:
+        """Everything else needs the broker: it waits while a new broker starts."""
+        return all(self.states[n].status == "up" for n, c in self.children.items()
+                   if c.spec.kind == "broker")
 
     def _on_exit(self, child: Child, code: int, now: float) -> None:
         name = child.spec.name
@@ -219,7 +224,9 @@ class Supervisor:
         """Every other process holds the old broker's address, so they restart with it."""
         self.echo("fhirbus up: the embedded broker keeps topics in memory only: the records it "
                   "held are lost (the listener's spool keeps what it had not confirmed); "
-                  "restarting every process against the new broker. Use a real Kafka cluster "
+                  "restarting every process against the new broker. The read models keep what they "
+                  "had (their positions point into the lost topics; `fhirbus project rebuild` "
+                  "or a fresh state dir starts clean). Use a real Kafka cluster "
                   "(FHIRBUS_KAFKA_BOOTSTRAP) where this matters.")
         broker_at = self.states[next(n for n, c in self.children.items()
                                      if c.spec.kind == "broker")].next_start_at or time.time()
@@ -227,7 +234,7 @@ class Supervisor:
             others = [t for t in tier if t.kind != "broker"]
             self._stop_tier(others)
             for spec in others:  # each starts again once the new broker is up
-                self.states[spec.name] = model.held(self.states[spec.name], broker_at + 2.0)
+                self.states[spec.name] = model.held(self.states[spec.name], broker_at)
 
     # -- stop ------------------------------------------------------------------------------
     def stop(self) -> int:
