@@ -108,9 +108,14 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  {cdc['note']}")
     for step in cdc.get("steps", []):
         print(f"    {step}")
-    _head("Records per topic")
+    canonical = {t: n for t, n in s["topics"].items() if t.startswith("fhir.")}
+    _head(f"Canonical events per topic ({sum(canonical.values())} in all)")
+    for topic, n in canonical.items():
+        print(f"  {topic:38} {n}")
+    _head("Input records (raw HL7 and CDC change events)")
     for topic, n in s["topics"].items():
-        print(f"  {topic:36} {n}")
+        if topic == "hl7.raw.v1" or topic.startswith("cdc."):
+            print(f"  {topic:38} {n}")
     _head("Read models (rows per table)")
     for name, tables in s["read_models"].items():
         shown = tables if isinstance(tables, str) else \

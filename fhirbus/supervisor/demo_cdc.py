@@ -6,6 +6,10 @@ colliding with the first run's rows. The names are made up."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 # (sql, params) per statement; each inner list is one transaction.
 Step = list[tuple[str, tuple[object, ...]]]
@@ -21,10 +25,9 @@ class CdcScript:
         return sum(len(step) for _, step in self.steps)
 
 
-def script(run: int) -> CdcScript:
-    base = 100_000 * run
+def _patients(base: int) -> Step:
     p1, p2, p3 = base + 1, base + 2, base + 3
-    patients: Step = [
+    return [
         ("INSERT INTO labbilling.patients (id, mrn, family_name, given_name, birth_date, sex) "
          "VALUES (%s, %s, %s, %s, %s, %s)", (pid, f"DEMO-{pid}", fam, given, born, sex))
         for pid, fam, given, born, sex in [
@@ -33,7 +36,11 @@ def script(run: int) -> CdcScript:
             (p3, "Sample", "Chidi", "1990-07-15", "O"),
         ]
     ]
-    results: Step = [
+
+
+def _results(base: int) -> Step:
+    p1, p2, p3 = base + 1, base + 2, base + 3
+    return [
         ("INSERT INTO labbilling.lab_results (id, patient_id, loinc_code, test_name, "
          "value_numeric, value_text, unit, ref_low, ref_high, flag, status, collected_at) "
          "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())", row)
@@ -45,7 +52,11 @@ def script(run: int) -> CdcScript:
              None, "F"),
         ]
     ]
-    charges: Step = [
+
+
+def _charges(base: int) -> Step:
+    p1, p2, p3 = base + 1, base + 2, base + 3
+    return [
         ("INSERT INTO labbilling.charges (id, patient_id, encounter_number, charge_code, "
          "description, quantity, unit_price, status, service_date) "
          "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, current_date)", row)
@@ -55,10 +66,15 @@ def script(run: int) -> CdcScript:
             (base + 203, p3, f"ENC-{p3}", "81003", "Urinalysis", 2, 4.10, "billable"),
         ]
     ]
+
+
+def script(run: int) -> CdcScript:
+    base = 100_000 * run
+    p2 = base + 2
     return CdcScript(run, (
-        ("insert 3 patients", patients),
-        ("insert 4 lab results", results),
-        ("insert 3 charges", charges),
+        ("insert 3 patients", _patients(base)),
+        ("insert 4 lab results", _results(base)),
+        ("insert 3 charges", _charges(base)),
         ("final glucose result (P -> F, new value)",
          [("UPDATE labbilling.lab_results SET status = 'F', value_numeric = 176, "
            "row_version = row_version + 1, updated_at = now() WHERE id = %s", (base + 101,))]),
@@ -73,9 +89,9 @@ def script(run: int) -> CdcScript:
     ))
 
 
-def next_run(conn: object) -> int:
+def next_run(conn: psycopg.Connection) -> int:
     """1 + how many demo runs this database has seen (their patients carry DEMO- MRNs)."""
-    row = conn.execute(  # type: ignore[attr-defined]
+    row = conn.execute(
         "SELECT coalesce(max(id) / 100000, 0) FROM labbilling.patients WHERE mrn LIKE 'DEMO-%'"
     ).fetchone()
     return int(row[0]) + 1
@@ -91,5 +107,5 @@ def apply(dsn: str) -> CdcScript:
         for _what, step in todo.steps:
             with conn.transaction():
                 for sql, params in step:
-                    conn.execute(sql, params)  # type: ignore[arg-type]
+                    conn.execute(sql, params)
     return todo

@@ -78,7 +78,8 @@ def test_summary_prints_every_section(capsys: pytest.CaptureFixture[str]) -> Non
                                       "checks": [{"name": "raw-hl7", "compared": 2,
                                                   "drift": 0, "notes": []}]}}})
     out = capsys.readouterr().out
-    for title in ("HL7 v2 messages", "CDC changes", "Records per topic", "Read models",
+    for title in ("HL7 v2 messages", "CDC changes", "Canonical events per topic (2 in all)",
+                  "Input records", "Read models",
                   "Sample patient chart", "Dead letters", "Reconciliation"):
         assert f"== {title}" in out
     assert "2 accepted, 1 rejected" in out and "billing    not started" in out
