@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from .cdc import plan_cdc
     from .kafka_view import ensure_topics
-    from .plan import build_plan, free_port, has_command
+    from .plan import build_plan, free_port, has_command, port_problem
     from .runner import Supervisor
 
     if args.no_cdc:
@@ -44,6 +44,10 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"fhirbus up: {refusal}", file=sys.stderr)
         return 1
     port = settings.hl7.port or free_port(settings.hl7.host)
+    problem = port_problem(settings.hl7.host, port)
+    if problem:
+        print(f"fhirbus up: {problem}", file=sys.stderr)
+        return 1
     print("fhirbus up: checking CDC sources ...", flush=True)
     cdc = plan_cdc(settings, has_command("cdc", "run"))
     plan = build_plan(settings, cdc, port)

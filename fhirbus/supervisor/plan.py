@@ -45,6 +45,19 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the listener could not bind ``host:port``, found before anything starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return (f"the MLLP port {host}:{port} is not available ({exc.strerror}): another "
+                    "listener or `fhirbus up` may hold it; stop that, or set FHIRBUS_HL7__PORT "
+                    "to a free port (0 picks one)")
+    return None
+
+
 def analytics_secret(settings: Settings) -> tuple[str, str | None]:
     """(secret, note). Analytics tokens need a key; without one, ``up`` makes one and keeps
     it in the state dir, so tokens stay stable across restarts (production: a managed
