@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fhirbus.settings import Settings
+from tests.flows.dlq import fhirbus
 from tests.flows.reconcile import assert_reconcile_outcome, run_reconcile_flow
 
 pytestmark = pytest.mark.slow
@@ -19,3 +20,7 @@ def test_a_lost_read_model_row_is_found_repaired_and_converges(
 ) -> None:
     outcome = run_reconcile_flow(settings, unique, tmp_path, monkeypatch.setenv, idle_s=1.5)
     assert_reconcile_outcome(outcome)
+    # The compose `reconciler` service's command, bounded to one run: converged, it exits 0.
+    code, _, err = fhirbus("reconcile", "schedule", "--every", "1s", "--max-runs", "1",
+                           "--checks", "canonical", "--projections", "ehr")
+    assert code == 0, err

@@ -68,7 +68,10 @@ def interpolate(value: Any) -> str:
 # The two ways to run it (README "Running on Kafka"): 3 brokers, or the 1-broker laptop
 # profile, an override file merged on top. Every check below runs on both.
 LAPTOP = ROOT / "docker-compose.kafka.laptop.yml"
-PROFILES = {"three-brokers": [COMPOSE], "laptop": [COMPOSE, LAPTOP]}
+# The in-process CDC reader is a Compose profile (the alternative to Debezium).
+PROFILES = {"three-brokers": ([COMPOSE], set()), "laptop": ([COMPOSE, LAPTOP], set()),
+            "cdc-inprocess": ([COMPOSE], {"cdc-inprocess"}),
+            "laptop+cdc-inprocess": ([COMPOSE, LAPTOP], {"cdc-inprocess"})}
 
 
 class _Override:
@@ -124,13 +127,16 @@ def load_compose(files: list[Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", params=list(PROFILES))
 def compose(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return load_compose(PROFILES[request.param])
+    files, enabled = PROFILES[request.param]
+    return {**load_compose(files), "x-enabled-profiles": enabled}
 
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services `docker compose up` starts: those in no profile."""
-    return {n: s for n, s in compose["services"].items() if not s.get("profiles")}
+    """The services `docker compose up` starts: in no profile or in an enabled one."""
+    enabled = compose["x-enabled-profiles"]
+    return {n: s for n, s in compose["services"].items()
+            if not s.get("profiles") or enabled & set(s["profiles"])}
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:
@@ -253,20 +259,18 @@ def fhirbus_commands(service: dict[str, Any]) -> list[list[str]]:
     return [service["command"]]
 
 
-def test_every_fhirbus_command_is_a_real_cli_command(
-    services: dict[str, dict[str, Any]],
-) -> None:
+def test_every_fhirbus_command_is_a_real_cli_command(compose: dict[str, Any]) -> None:
     parser = build_parser()
     commands = []
-    for name, service in fhirbus_services(services).items():
+    for name, service in fhirbus_services(compose["services"]).items():
         for argv in fhirbus_commands(service):
             args = parser.parse_args(argv)  # exits (fails the test) on an unknown command
             assert getattr(args, "func", None), f"{name}: {argv} runs nothing"
             commands.append(" ".join(argv[:2]))
     # The bring-up order of README "Running on Kafka".
     assert {"topics apply", "schemas register", "connectors apply", "hl7 listen",
-            "canonicalize", "project ehr", "project billing", "project analytics"} <= set(
-        commands)
+            "canonicalize", "project ehr", "project billing", "project analytics",
+            "reconcile schedule", "cdc run"} <= set(commands)
 
 
 def test_merge_follows_the_compose_rules() -> None:
