@@ -60,7 +60,8 @@ def plan_cdc(settings: Settings, has_cdc_command: bool) -> CdcPlan:
     if mode == "no":
         return CdcPlan(False, "CDC off (FHIRBUS_SUPERVISOR__WITH_CDC=no)")
     if not has_cdc_command:
-        return _unavailable(mode, "this installation has no `fhirbus cdc run` command")
+        return _unavailable(mode, "this installation has no `fhirbus cdc run` command",
+                            "install a fhirbus with the connectors step (pip install -e .)")
     path = settings.cdc.sources_file or EXAMPLE_SOURCES
     env = example_env() if settings.cdc.sources_file is None else {}
     saved = {k: os.environ.get(k) for k in env}
@@ -80,13 +81,15 @@ def plan_cdc(settings: Settings, has_cdc_command: bool) -> CdcPlan:
                    {"FHIRBUS_CDC__SOURCES_FILE": str(path), **env})
 
 
-def _unavailable(mode: str, why: str) -> CdcPlan:
+_ENABLE_PG = ("start PostgreSQL with wal_level=logical and wal2json (bash scripts/setup does "
+              f"both), or point {EXAMPLE_DSN_ENV} / FHIRBUS_CDC__SOURCES_FILE at your database")
+
+
+def _unavailable(mode: str, why: str, how: str = _ENABLE_PG) -> CdcPlan:
     if mode == "yes":
-        raise ConfigError(f"CDC cannot start: {why}; fix it, or set "
+        raise ConfigError(f"CDC cannot start: {why}; to fix it, {how}; or set "
                           "FHIRBUS_SUPERVISOR__WITH_CDC=auto to run without CDC")
-    return CdcPlan(False, f"CDC off: {why}. To enable it: start PostgreSQL with "
-                   "wal_level=logical and wal2json (bash scripts/setup does both), or point "
-                   f"{EXAMPLE_DSN_ENV} / FHIRBUS_CDC__SOURCES_FILE at your database")
+    return CdcPlan(False, f"CDC off: {why}. To enable it: {how}")
 
 
 def probe(dsn: str, create: bool) -> str | None:
