@@ -18,14 +18,11 @@ from typing import Any
 
 import orjson
 
-from fhirbus.consumers.canonicalizer import identity
 from fhirbus.consumers.canonicalizer.cdc import Mappings, TableMapping, map_change
 from fhirbus.consumers.canonicalizer.cdc.debezium import Change
-from fhirbus.consumers.canonicalizer.cdc.mapper import row_id
 from fhirbus.schemas.envelope import CanonicalEvent
 
-from . import rangehash
-from .diff import KeyDiff
+from . import ids, rangehash
 
 _STATUS = ("CASE status WHEN 'P' THEN 'preliminary' WHEN 'F' THEN 'final' "
            "WHEN 'C' THEN 'corrected' WHEN 'X' THEN 'cancelled' END")
@@ -68,16 +65,20 @@ LABBILLING: tuple[TableCheck, ...] = (
 
 
 def source_side(source: str, m: TableMapping, check: TableCheck) -> rangehash.Side:
-    """The source table keyed by resource id: computed in Python, as the mapping does."""
+    """The source table keyed by resource id: computed in Python, as the mapping does
+    (``identity.resource_id`` for an identifier rule, ``mapper.row_id`` otherwise)."""
     if m.id_identifier is not None:
         rule = m.id_identifier
         return rangehash.Side(
             check.table, rule.column, str(m.version_column), check.source_fields,
             where=f"{rule.column} IS NOT NULL",
-            key_of=lambda v: identity.resource_id(m.resource, rule.system, v))
-    key = " || chr(31) || ".join(f"CAST({c} AS TEXT)" for c in m.key)
+            key_of=ids.StableIds("hl7v2", m.resource, rule.system))
+    if len(m.key) == 1:  # the raw key column itself: an integer key is kept as array('q')
+        key = m.key[0]
+    else:  # row_id joins the key parts with the same separator
+        key = " || chr(31) || ".join(f"CAST({c} AS TEXT)" for c in m.key)
     return rangehash.Side(check.table, key, str(m.version_column), check.source_fields,
-                          key_of=lambda k: row_id(source, m.table, *k.split("\x1f")))
+                          key_of=ids.StableIds("cdc", source, m.table))
 
 
 def projection_side(source: str, check: TableCheck, prefix: str) -> rangehash.Side:
@@ -87,14 +88,22 @@ def projection_side(source: str, check: TableCheck, prefix: str) -> rangehash.Si
                           check.projection_fields, where=f"body LIKE '%{marker}%'")
 
 
+def rows_by_key(reader: rangehash.Reader, side: rangehash.Side,
+                raw_keys: list[Any]) -> dict[str, dict[str, Any]]:
+    """Current source rows (as JSON, the shape a change event carries) by resource id,
+    read by their raw source keys (what a compare remembered for the drifted rows)."""
+    rows = rangehash.by_keys(reader, side, raw_keys, "row_to_json(t)::text")
+    return {rid: orjson.loads(doc) for rid, doc in rows}
+
+
 def source_rows(reader: rangehash.PgReader, side: rangehash.Side,
                 wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """Current source rows (as JSON, the shape a change event carries) by resource id.
-    Streams the keys once; only wanted rows are decoded."""
+    """Current source rows by resource id when only ids are known (a worklist item):
+    streams the keys once; only wanted rows are decoded."""
     assert side.key_of is not None
-    sql = f"SELECT CAST(({side.key}) AS TEXT), row_to_json(t)::text FROM {side.relation} t"
+    sql = f"SELECT {side.key}, row_to_json(t)::text FROM {side.relation} t"
     out: dict[str, dict[str, Any]] = {}
-    for raw_key, doc in reader.query(sql):
+    for raw_key, doc in rangehash.query(reader, sql):
         rid = side.key_of(raw_key)
         if rid in wanted:
             out[rid] = orjson.loads(doc)
@@ -112,9 +121,3 @@ def remap(source: str, m: TableMapping, mappings: Mappings, row: dict[str, Any],
     ref = SimpleNamespace(topic=None, partition=None, offset=None, timestamp_ms=now_ms)
     return [replace(e, source=replace(e.source, kind="reconciliation"), causation_id=run_id)
             for e in map_change(change, mappings, ref)]
-
-
-def compare_table(source_reader: rangehash.Reader, src: rangehash.Side,
-                  target_reader: rangehash.Reader, dst: rangehash.Side,
-                  min_buckets: int) -> tuple[list[KeyDiff], rangehash.CompareStats]:
-    return rangehash.compare(source_reader, src, target_reader, dst, min_buckets)

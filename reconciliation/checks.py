@@ -129,8 +129,9 @@ def _cdc_table(settings: Settings, actor: Actor, source: str, dsn: str, m: objec
         dst = cdc.projection_side(source, check, prefix(check.projection, gen))
         diffs, stats = rangehash.compare(src_reader, src, dst_reader, dst,
                                          settings.reconcile.range_buckets)
-        result.compared, result.stats = stats.source_rows, vars(stats)
-        rows = cdc.source_rows(src_reader, src, {d.key for d in diffs if d.expected})
+        result.compared = stats.source_rows
+        result.stats = {k: v for k, v in vars(stats).items() if k != "source_keys"}
+        rows = cdc.rows_by_key(src_reader, src, list(stats.source_keys.values()))
         for d in diffs:
             drift = _drift(result.name, d, m.resource, source=source,  # type: ignore[attr-defined]
                            table=check.table, projection=check.projection)

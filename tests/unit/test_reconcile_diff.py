@@ -1,16 +1,21 @@
-"""The pure diff and the range-hash formulas: SQL (SQLite functions) and Python agree."""
+"""The pure diff, the fast resource ids and the range-hash compare on SQLite: the range-hash
+compare finds exactly what the naive row-by-row compare finds."""
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhirbus.reconciliation import diff, rangehash
+from fhirbus.consumers.canonicalizer.identity import fast_stable_id
+from fhirbus.reconciliation import diff, ids, rangehash
 
 snapshots = st.dictionaries(st.text(min_size=1, max_size=6),
                             st.tuples(st.integers(0, 5), st.sampled_from("abc")), max_size=30)
+RID = ids.StableIds("cdc", "src", "labbilling.t")
 
 
 @given(snapshots, snapshots)
@@ -24,26 +29,92 @@ def test_classify_names_every_key_that_differs_and_only_those(a: dict, b: dict) 
         assert cls == expected
 
 
-def test_sqlite_bucket_sums_equal_python_and_locate_the_drift(tmp_path: Path) -> None:
-    import sqlite3
+@given(st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=20), st.none()),
+       st.text(max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_stable_ids_equal_the_mappings_id_and_expose_its_digest(key: object, part: str) -> None:
+    rid = ids.StableIds("cdc", part, None)
+    text = rid(key)
+    assert text == fast_stable_id("cdc", part, None, key)
+    digest = rid.digest(key)
+    assert int(text[:8], 16) == int.from_bytes(digest[:4], "big")
+    assert diff.key_bits(text) == int.from_bytes(digest[10:15], "big")
 
-    path = tmp_path / "t.sqlite"
+
+def _tables(path: Path, source: list[tuple], target: list[tuple]) -> None:
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, version INTEGER, f TEXT)")
-    rows = [(f"r{i}", i % 4, f"v{i}") for i in range(500)]
-    conn.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+    conn.execute("CREATE TABLE src (pk INTEGER PRIMARY KEY, version INTEGER, f TEXT)")
+    conn.execute("CREATE TABLE dst (id TEXT PRIMARY KEY, version INTEGER, f TEXT)")
+    conn.executemany("INSERT INTO src VALUES (?, ?, ?)", source)
+    conn.executemany("INSERT INTO dst VALUES (?, ?, ?)", target)
     conn.commit()
-    reader = rangehash.SqliteReader(str(path))
-    side = rangehash.Side("t", "id", "version", "f")
-    assert rangehash.bucket_sums(reader, side, 16) == diff.bucket_sums(rows, 16)
-    conn.execute("UPDATE t SET f = 'x' WHERE id = 'r7'")
-    conn.execute("DELETE FROM t WHERE id = 'r9'")
-    conn.commit()
-    expected = {k: (v, diff.fields_digest(f)) for k, v, f in rows}
-    wanted = diff.differing_buckets(diff.bucket_sums(rows, 16),
-                                    rangehash.bucket_sums(reader, side, 16))
-    actual = rangehash.rows_in(reader, side, 16, wanted)
-    exp = {k: fp for k, fp in expected.items() if diff.bucket_of(k, 16) in wanted}
-    assert [(d.key, d.drift_class) for d in diff.classify(exp, actual)] == [
-        ("r7", "field_mismatch"), ("r9", "missing")]
+    conn.close()
+
+
+SRC = rangehash.Side("src", "pk", "version", "f", key_of=RID)
+DST = rangehash.Side("dst", "id", "version", "f")
+
+
+def test_summaries_match_the_pure_bucket_sums_and_keep_the_source_keys(tmp_path: Path) -> None:
+    rows = [(pk, pk % 4, f"v{pk}") for pk in range(1, 501)]
+    _tables(tmp_path / "t.sqlite", rows, [(RID(pk), v, f) for pk, v, f in rows])
+    reader = rangehash.SqliteReader(str(tmp_path / "t.sqlite"))
+    expected = diff.bucket_sums([(RID(pk), v, f) for pk, v, f in rows], 2)
+    src, dst = rangehash.summarise(reader, SRC, 2), rangehash.summarise(reader, DST, 2)
     reader.close()
+    assert src.sums == dst.sums == expected
+    assert src.keys is not None and dst.keys is None
+    assert sorted(k for keys in src.keys.values() for k in keys) == list(range(1, 501))
+    assert all(diff.bucket_of(RID(k), 2) == b for b, keys in src.keys.items() for k in keys)
+
+
+drift = st.lists(st.tuples(st.integers(1, 300), st.sampled_from(
+    ["missing", "extra", "stale_version", "field_mismatch", "swap"])), max_size=12)
+
+
+@given(drift, st.integers(1, 4096))
+@settings(max_examples=40, deadline=None)
+def test_range_hash_finds_exactly_what_the_naive_compare_finds(changes: list, buckets: int) -> None:
+    source = [(pk, 1 + pk % 3, f"2345-{pk % 7}|{pk / 10}") for pk in range(1, 301)]
+    target = {RID(pk): [v, f] for pk, v, f in source}
+    for pk, kind in changes:
+        rid = RID(pk)
+        if kind == "missing":
+            target.pop(rid, None)
+        elif kind == "extra":
+            target[RID(-pk)] = [1, "orphan"]
+        elif rid in target and kind == "stale_version":
+            target[rid][0] += 1
+        elif rid in target and kind == "field_mismatch":
+            target[rid][1] += "x"
+        elif rid in target and RID(pk + 1) in target:  # content swapped between two rows
+            target[rid], target[RID(pk + 1)] = target[RID(pk + 1)], target[rid]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.sqlite"
+        _tables(path, source, [(k, v, f) for k, (v, f) in target.items()])
+        reader = rangehash.SqliteReader(str(path))
+        try:
+            found, stats = rangehash.compare(reader, SRC, reader, DST, buckets)
+            naive = rangehash.naive_compare(reader, SRC, reader, DST)
+        finally:
+            reader.close()
+    assert found == naive
+    assert set(stats.source_keys) == {d.key for d in found if d.expected}
+    assert all(RID(pk) == rid for rid, pk in stats.source_keys.items())
+
+
+def test_content_swapped_between_two_rows_of_one_bucket_is_found(tmp_path: Path) -> None:
+    source = [(pk, 1, f"value {pk}") for pk in range(1, 41)]
+    a, b = next((x, y) for x in range(1, 41) for y in range(x + 1, 41)
+                if RID(x)[0] == RID(y)[0])  # same bucket with 16 buckets
+    target = {RID(pk): (v, f) for pk, v, f in source}
+    target[RID(a)], target[RID(b)] = target[RID(b)], target[RID(a)]
+    _tables(tmp_path / "t.sqlite", source, [(k, v, f) for k, (v, f) in target.items()])
+    reader = rangehash.SqliteReader(str(tmp_path / "t.sqlite"))
+    try:
+        found, stats = rangehash.compare(reader, SRC, reader, DST, 16)
+    finally:
+        reader.close()
+    assert stats.buckets == 16 and stats.differing_buckets == 1
+    assert sorted((d.key, d.drift_class) for d in found) == sorted(
+        [(RID(a), "field_mismatch"), (RID(b), "field_mismatch")])
