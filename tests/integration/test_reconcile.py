@@ -57,6 +57,10 @@ def source_dsn() -> Iterator[str]:
                          "test_name, value_numeric, unit, status, collected_at) SELECT g, g, "
                          "'2345-7', 'Glucose', 5.1 + g, 'mmol/L', 'F', now() "
                          "FROM generate_series(1, 5) g")
+            conn.execute("INSERT INTO labbilling.charges (id, patient_id, charge_code, "
+                         "description, quantity, unit_price, status, service_date) SELECT g, "
+                         "g, 'LAB' || g, 'Panel', g, 12.5, 'billable', '2026-03-01' "
+                         "FROM generate_series(1, 3) g")
         yield dsn
     finally:
         with psycopg.connect(testing.PG_BASE_DSN, autocommit=True) as conn:
@@ -81,9 +85,10 @@ def _publish_cdc_snapshot(settings: Settings, dsn: str) -> None:
     producer = Producer(producer_config(settings))
     reader = PgReader(dsn)
     try:
-        for table in ("patients", "lab_results"):
-            m = mappings.get(f"labbilling.{table}")
-            side = cdc.source_side("labbilling", m, cdc.LABBILLING[table == "lab_results"])
+        for check in cdc.LABBILLING:
+            table = check.table.split(".")[1]
+            m = mappings.get(check.table)
+            side = cdc.source_side("labbilling", m, check)
             for row in cdc.source_rows(reader, side, _all_ids(reader, side)).values():
                 change = Change("r", None, row, None, "labbilling", "labbilling", table, 1, 1,
                                 1_700_000_000_000, 1_700_000_000_000, True)
@@ -117,7 +122,8 @@ def _withhold_canonical_events(settings: Settings) -> None:
 
 
 def _project(settings: Settings) -> None:
-    papp.run("ehr", settings, idle_exit_s=2.0, install_signals=False)
+    for name in ("ehr", "billing"):
+        papp.run(name, settings, idle_exit_s=2.0, install_signals=False)
 
 
 def _ehr(tmp_path: Path) -> sqlite3.Connection:
@@ -142,6 +148,7 @@ def test_injected_drift_is_found_repaired_and_converges(
     db.execute("DELETE FROM ehr_g1_patients WHERE id = ?", (hl7_patient,))  # rows deleted
     db.execute("UPDATE ehr_g1_patients SET given = 'CORRUPT' WHERE mrn = 'RC0002'")  # value
     db.execute("UPDATE ehr_g1_results SET value = '999' WHERE body LIKE '%hl7v2%'")  # high risk
+    db.execute("UPDATE billing_g1_charges SET amount_cents = 1 WHERE code = 'LAB2'")  # billing
     import psycopg
 
     with psycopg.connect(source_dsn, autocommit=True) as conn:  # behind the slot's back
@@ -155,6 +162,8 @@ def test_injected_drift_is_found_repaired_and_converges(
     assert ("canonical", "field_mismatch", "replayed") in classes
     assert ("canonical", "field_mismatch", "worklisted") in classes  # the Observation
     assert ("cdc", "stale_version", "replayed") in classes
+    charges = [(d.drift_class, d.action) for d in first.drift if "charges" in d.check]
+    assert charges == [("field_mismatch", "replayed")], charges
     assert ("raw-hl7", "missing", "reprocessed") in classes
     assert (tmp_path / "reports" / f"{first.run_id}.json").is_file()
 
@@ -174,3 +183,5 @@ def test_injected_drift_is_found_repaired_and_converges(
     assert second.converge_seconds is not None and second.converge_seconds > 0
     assert db.execute("SELECT family FROM ehr_g1_patients WHERE mrn = 'LB3'").fetchone() == (
         "Changed",)
+    assert db.execute("SELECT amount_cents FROM billing_g1_charges WHERE code = 'LAB2'"
+                      ).fetchone() == (2500,)  # 2 x 12.50, restored by the replayed event
