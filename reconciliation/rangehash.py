@@ -139,7 +139,7 @@ def summarise(reader: Reader, side: Side, prefix_len: int) -> Summary:
             if acc is None:
                 acc = sums[b] = [0, 0]
             acc[0] += 1
-            acc[1] += hash((int(k[24:34], 16), int(v), f or ""))  # diff.row_hash, inlined
+            acc[1] += hash((int(v), f or "")) ^ int(k[24:34], 16)  # diff.row_hash, inlined
     return Summary({b: (c, h) for b, (c, h) in sums.items()})
 
 
@@ -165,7 +165,7 @@ def _summarise_keyed(reader: Reader, side: Side, n: int) -> Summary:
             got = keys.get(b := bits >> shift)
             if got is None:
                 sums[b], got = 0, keys.setdefault(b, array("q") if type(k) is int else [])
-            sums[b] += hash((bits & 0xFF_FFFF_FFFF, int(v), f or ""))  # diff.row_hash
+            sums[b] += hash((int(v), f or "")) ^ (bits & 0xFF_FFFF_FFFF)  # diff.row_hash
             got.append(k)
     return Summary({b: (len(keys[b]), s) for b, s in sums.items()}, keys)
 
