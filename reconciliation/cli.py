@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -45,6 +46,9 @@ def register(sub: Any) -> None:
     sched.set_defaults(func=_schedule)
 
     wl = rsub.add_parser("worklist", help="list, resolve and replay review items")
+    for p in (run, sched, wl):  # a raw replay maps the way the canonicalizer does
+        p.add_argument("--site-config", type=Path,
+                       help="the canonicalizer's site configuration (TOML), for raw replays")
     wl.add_argument("action", nargs="?", default="list", choices=("list", "resolve", "replay"))
     wl.add_argument("item", nargs="?", type=int, help="item id (resolve, replay)")
     wl.add_argument("--status", default="open", choices=("open", "resolved", "replayed", "all"))
@@ -53,10 +57,12 @@ def register(sub: Any) -> None:
 
 
 def _kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from fhirbus.consumers.canonicalizer import load_site_config
     from fhirbus.consumers.canonicalizer.app import GROUP_ID
 
     return {"canonicalizer_group": args.canonicalizer_group or GROUP_ID,
-            "repair": not args.dry_run, "projections": args.projections}
+            "repair": not args.dry_run, "projections": args.projections,
+            "site": load_site_config(args.site_config)}
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,8 +70,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     from .runner import run_once
 
+    kwargs = _kwargs(args)  # a bad site configuration stops here, before any run
     telemetry.configure(settings, service="fhirbus-reconciler")
-    report = run_once(settings, args.checks, **_kwargs(args))
+    report = run_once(settings, args.checks, **kwargs)
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode()
                          + "\n")
@@ -79,8 +86,9 @@ def _schedule(args: argparse.Namespace, settings: Settings) -> int:
 
     from .runner import schedule
 
+    kwargs = _kwargs(args)
     telemetry.configure(settings, service="fhirbus-reconciler")
-    schedule(settings, args.every, args.checks, max_runs=args.max_runs, **_kwargs(args))
+    schedule(settings, args.every, args.checks, max_runs=args.max_runs, **kwargs)
     return 0
 
 
@@ -100,9 +108,11 @@ def _worklist(args: argparse.Namespace, settings: Settings) -> int:
             wl.set_status(args.item, "resolved", args.note)
             print(f"item {args.item} resolved")
         else:
+            from fhirbus.consumers.canonicalizer import load_site_config
+
             from .replay import replay_item
 
-            print(replay_item(settings, wl, args.item))
+            print(replay_item(settings, wl, args.item, load_site_config(args.site_config)))
     except LookupError as exc:
         print(f"fhirbus: {exc}", file=sys.stderr)
         return 1

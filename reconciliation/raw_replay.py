@@ -7,17 +7,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from fhirbus.consumers.canonicalizer import load_site_config
+from fhirbus.consumers.canonicalizer import SiteConfig
 from fhirbus.consumers.canonicalizer.replay import Position, ReplayReport, replay_raw
 from fhirbus.settings import Settings
 
 
-def replay_records(settings: Settings, messages: list[Any]) -> list[ReplayReport]:
+def replay_records(settings: Settings, messages: list[Any],
+                   site: SiteConfig | None = None) -> list[ReplayReport]:
+    """``site``: the site configuration the canonicalizer runs with (default: none)."""
     spans: dict[tuple[str, str, int], list[int]] = defaultdict(list)
     for msg in messages:
         feed = (msg.key() or b"").decode("utf-8", "replace")
         spans[(msg.topic(), feed, msg.partition())].append(msg.offset())
-    site = load_site_config(None)
+    site = site or SiteConfig()
     return [
         replay_raw(settings, site, feed=feed, topic=topic,
                    start=Position(offset=min(offsets), partition=part),

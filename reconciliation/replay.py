@@ -4,6 +4,7 @@ now, through events like every other repair (causation = the run that found it).
 from __future__ import annotations
 
 from fhirbus.connectors.sources import find_source, load_sources
+from fhirbus.consumers.canonicalizer import SiteConfig
 from fhirbus.consumers.canonicalizer.cdc import load_mappings
 from fhirbus.kafka.config import resolve_registry_url
 from fhirbus.schemas.serde import EnvelopeSerde, registry_client
@@ -15,11 +16,12 @@ from .runner import Actor
 from .worklist import Item, Worklist
 
 
-def replay_item(settings: Settings, worklist: Worklist, item_id: int) -> str:
+def replay_item(settings: Settings, worklist: Worklist, item_id: int,
+                site: SiteConfig | None = None) -> str:
     item = worklist.get(item_id)
     if item.status != "open":
         return f"item {item_id} is {item.status}; nothing to do"
-    actor = Actor(settings, item.run_id, worklist)
+    actor = Actor(settings, item.run_id, worklist, site=site)
     prov = item.provenance
     if item.check_name == "raw-hl7":
         actor.raw_to_replay.append(

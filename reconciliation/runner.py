@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from fhirbus import telemetry
+from fhirbus.consumers.canonicalizer import SiteConfig
 from fhirbus.consumers.canonicalizer.app import GROUP_ID as CANONICALIZER_GROUP
 from fhirbus.kafka.config import producer_config, resolve_registry_url
 from fhirbus.kafka.producer import Producer
@@ -61,6 +62,7 @@ class Actor:
     run_id: str
     worklist: Worklist
     repair: bool = True
+    site: SiteConfig | None = None  # raw replays map as the canonicalizer does
     _producer: Producer | None = None
     _serde: EnvelopeSerde | None = None
     _futures: list[Any] = field(default_factory=list)
@@ -105,17 +107,18 @@ class Actor:
         if self.raw_to_replay:
             from .raw_replay import replay_records
 
-            replay_records(self.settings, self.raw_to_replay)
+            replay_records(self.settings, self.raw_to_replay, self.site)
 
 
 def run_once(settings: Settings, checks: Sequence[str] = CHECKS, *,
              canonicalizer_group: str = CANONICALIZER_GROUP, repair: bool = True,
-             projections: Sequence[str] | None = None) -> RunReport:
+             projections: Sequence[str] | None = None,
+             site: SiteConfig | None = None) -> RunReport:
     from . import checks as ck
 
     report = RunReport(new_run_id(), datetime.now(UTC))
     worklist = Worklist.open(settings)
-    actor = Actor(settings, report.run_id, worklist, repair)
+    actor = Actor(settings, report.run_id, worklist, repair, site)
     index = None
     try:
         if "cdc" in checks:
