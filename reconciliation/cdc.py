@@ -50,6 +50,10 @@ class TableCheck:
     # body): its rows the source lacks may come from elsewhere (HL7 DFT charges), so they
     # are counted in a note, not reported as drift.
     attributable: bool = True
+    # SQL over a projection row: true when the row states the resource's retirement, which
+    # is what a source DELETE becomes (Patient inactive, result entered-in-error). Such a row
+    # with no source row is the delete applied, not drift.
+    retired: str | None = None
 
     def name(self, source: str) -> str:
         return f"cdc:{source}.{self.table}->{self.projection}.{self.projection_table}"
@@ -61,6 +65,7 @@ LABBILLING: tuple[TableCheck, ...] = (
         _joined("family_name", "given_name", "birth_date", _SEX,
                 "CASE WHEN active THEN 1 ELSE 0 END"),
         _joined("family", "given", "birth_date", "gender", "active"),
+        retired="active = 0",
     ),
     TableCheck(
         "labbilling.lab_results", "ehr", "results",
@@ -68,6 +73,7 @@ LABBILLING: tuple[TableCheck, ...] = (
                 "ELSE trim_scale(value_numeric)::text END",
                 "CASE WHEN value_numeric IS NULL THEN NULL ELSE unit END", _STATUS),
         _joined("code", "value", "unit", "status"),
+        retired="status = 'entered-in-error'",
     ),
     TableCheck(
         "labbilling.charges", "billing", "charges",
@@ -103,6 +109,22 @@ def projection_side(source: str, check: TableCheck, prefix: str) -> rangehash.Si
     where = check.projection_where or f"body LIKE '%{marker}%'"
     return rangehash.Side(f"{prefix}{check.projection_table}", check.projection_key,
                           "version", check.projection_fields, where=where)
+
+
+def retired_keys(reader: rangehash.Reader, side: rangehash.Side, check: TableCheck,
+                 keys: list[str]) -> set[str]:
+    """Which of these projection rows state a retirement (see TableCheck.retired)."""
+    if check.retired is None or not keys:
+        return set()
+    if reader.dialect == "sqlite":
+        sql = (f"SELECT {side.key} FROM {side.relation} t WHERE ({side.where}) "
+               f"AND ({check.retired}) AND {side.key} IN (SELECT value FROM json_each(%s))")
+        param: Any = orjson.dumps(keys).decode()
+    else:
+        sql = (f"SELECT {side.key} FROM {side.relation} t WHERE ({side.where}) "
+               f"AND ({check.retired}) AND ({side.key}) = ANY(%s)")
+        param = keys
+    return {row[0] for row in rangehash.query(reader, sql, (param,))}
 
 
 def rows_by_key(reader: rangehash.Reader, side: rangehash.Side,

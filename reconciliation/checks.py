@@ -121,6 +121,18 @@ def _attributable(check: cdc.TableCheck, diffs: list[KeyDiff],
     return [d for d in diffs if d.drift_class != "extra"]
 
 
+def _deleted_at_source(check: cdc.TableCheck, reader: rangehash.Reader,
+                       side: rangehash.Side, diffs: list[KeyDiff],
+                       result: CheckResult) -> list[KeyDiff]:
+    """A row the source no longer has, retired in the read model, is a DELETE applied."""
+    extra = [d.key for d in diffs if d.drift_class == "extra"]
+    retired = cdc.retired_keys(reader, side, check, extra)
+    if retired:
+        result.notes.append(f"{len(retired)} row(s) deleted at the source and retired in "
+                            f"{check.projection}.{check.projection_table}: consistent")
+    return [d for d in diffs if not (d.drift_class == "extra" and d.key in retired)]
+
+
 def _cdc_table(settings: Settings, actor: Actor, source: str, dsn: str, m: object,
                mappings: object, check: cdc.TableCheck) -> CheckResult:
     result = CheckResult(check.name(source))
@@ -144,6 +156,7 @@ def _cdc_table(settings: Settings, actor: Actor, source: str, dsn: str, m: objec
         result.compared = stats.source_rows
         result.stats = {k: v for k, v in vars(stats).items() if k != "source_keys"}
         rows = cdc.rows_by_key(src_reader, src, list(stats.source_keys.values()))
+        diffs = _deleted_at_source(check, dst_reader, dst, diffs, result)
         for d in _attributable(check, diffs, result):
             drift = _drift(result.name, d, m.resource, source=source,  # type: ignore[attr-defined]
                            table=check.table, projection=check.projection)

@@ -118,3 +118,32 @@ def test_content_swapped_between_two_rows_of_one_bucket_is_found(tmp_path: Path)
     assert stats.buckets == 16 and stats.differing_buckets == 1
     assert sorted((d.key, d.drift_class) for d in found) == sorted(
         [(RID(a), "field_mismatch"), (RID(b), "field_mismatch")])
+
+
+def test_a_row_deleted_at_the_source_and_retired_in_the_read_model_is_not_drift(
+    tmp_path: Path,
+) -> None:
+    # Regression (seen in the demo): a CDC delete retires the result (entered-in-error); the
+    # source no longer has the row, and the check reported it as "extra" drift.
+    from fhirbus.reconciliation import cdc as cdc_check
+    from fhirbus.reconciliation.checks import _deleted_at_source
+    from fhirbus.reconciliation.diff import KeyDiff
+    from fhirbus.reconciliation.model import CheckResult
+
+    db = tmp_path / "ehr.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE results (id TEXT PRIMARY KEY, version INT, status TEXT)")
+        conn.executemany("INSERT INTO results VALUES (?, 1, ?)",
+                         [("retired", "entered-in-error"), ("live", "final")])
+    check = next(c for c in cdc_check.LABBILLING if c.projection_table == "results")
+    side = rangehash.Side("results", "id", "version", "status")
+    diffs = [KeyDiff("retired", "extra", None, None), KeyDiff("live", "extra", None, None),
+             KeyDiff("stale", "stale_version", None, None)]
+    result = CheckResult("cdc")
+    reader = rangehash.open_reader(f"sqlite://{db}")
+    try:
+        kept = _deleted_at_source(check, reader, side, diffs, result)
+    finally:
+        reader.close()
+    assert [(d.key, d.drift_class) for d in kept] == [("live", "extra"), ("stale", "stale_version")]
+    assert any("deleted at the source" in n for n in result.notes)
