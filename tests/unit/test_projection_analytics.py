@@ -92,7 +92,13 @@ def all_cells(store: Store) -> list[tuple[str, str]]:
             tables = [r[0] for r in tx.execute("SELECT table_name FROM information_schema."
                                                "tables WHERE table_schema = current_schema()")]
         return [(t, str(v)) for t in tables for row in tx.execute(f"SELECT * FROM {t}")
-                for v in row if v is not None]
+                for v in row if v is not None and not _sink_counter(t, v)]
+
+
+def _sink_counter(table: str, value: object) -> bool:
+    # The sink's own counters (events, batches, apply microseconds) hold no event content;
+    # a timing such as 3121 us once equalled a fed house number and failed the scan.
+    return table.endswith("_stats") and isinstance(value, int)
 
 
 def test_no_name_address_mrn_or_raw_identifier_in_any_column(sink: ProjectionSink,
