@@ -3,6 +3,7 @@ pointing at it through a private state dir, exactly as separate fhirbus processe
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,17 @@ from fhirbus.embedded.broker import EmbeddedStack
 from fhirbus.settings import Settings, load_settings
 
 _SPANS = InMemorySpanExporter()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """A test that runs ``fhirbus.cli.main`` configures the root logger (level, handler) for
+    the whole process; put it back so later tests see the logging they set up themselves."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session", autouse=True)
