@@ -11,20 +11,12 @@ import orjson
 from confluent_kafka import Message
 
 from fhirbus.connectors.sources import EXAMPLES_DIR, SourceDeclaration, TableDeclaration
+from fhirbus.projections.testing import PG_BASE_DSN as PG_DSN
+from fhirbus.projections.testing import pg_available
 
-PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+# None when the test PostgreSQL answers, else why not (the projections' probe, one place).
+pg_unavailable = pg_available
 TABLES = ("patients", "lab_results", "charges")
-
-
-def pg_unavailable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        return f"PostgreSQL at {PG_DSN} unreachable: {type(exc).__name__}"
-    return None
 
 
 def example_schema_sql(schema: str) -> str:
