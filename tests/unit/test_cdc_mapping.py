@@ -73,6 +73,16 @@ def test_each_example_table_maps_to_a_valid_resource_with_provenance() -> None:
     assert lab.resource_version == 1 and lab.occurred_at.isoformat() == "2026-03-01T11:01:00+00:00"
 
 
+def test_padded_code_columns_are_normalized_not_dead_lettered() -> None:
+    """Regression (found by the property test): a unit column ending in a carriage return
+    made valueQuantity.code fail FHIR's code pattern and dead-lettered a good result."""
+    row = s.lab_row(7, 1, unit="mg/dL\r", loinc_code=" 2345-7  ", test_name="Glucose  ")
+    lab = body(one("lab_results", s.change("lab_results", "c", None, row), 7))
+    assert lab["valueQuantity"]["code"] == "mg/dL"
+    assert lab["code"]["coding"][0]["code"] == "2345-7"
+    assert lab["valueQuantity"]["unit"] == "mg/dL\r"  # a string keeps what the source said
+
+
 def test_redelivery_and_snapshot_overlap_give_the_same_event() -> None:
     row = s.lab_row(7, 1, version=3)
     streamed = one("lab_results", s.change("lab_results", "u", None, row, lsn=2000), 7)

@@ -16,6 +16,7 @@ from .mapping import Mappings, TableMapping
 
 _SAMPLES: dict[str, Any] = {
     "to_string": "x",
+    "to_code": "x",
     "to_integer": 1,
     "to_decimal": "1.5",
     "to_boolean": True,

@@ -30,6 +30,13 @@ def to_string(value: Any) -> str | None:
     return text if text.strip() else None
 
 
+def to_code(value: Any) -> str | None:
+    """A FHIR ``code`` has no leading, trailing or repeated whitespace (its lexical form);
+    source columns often do (``char(n)`` padding, a pasted line end): normalized, not lost."""
+    text = to_string(value)
+    return " ".join(text.split()) if text is not None else None
+
+
 def to_integer(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("boolean")
@@ -97,7 +104,7 @@ def to_fhir_datetime(value: Any) -> str:
 
 CONVERTERS: dict[str, Converter] = {
     "string": to_string,
-    "code": to_string,
+    "code": to_code,
     "integer": to_integer,
     "decimal": to_decimal,
     "boolean": to_boolean,

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
 
 from . import convert, paths
 from .spec import ElementRule, IdentifierRule, TableMappingFile
@@ -62,8 +65,9 @@ def compile_mapping(file: str, spec: TableMappingFile) -> TableMapping:
     for path, rule in spec.elements.items():
         r = rule if isinstance(rule, ElementRule) else ElementRule(column=rule)
         codes = spec.code_maps[r.map] if isinstance(r.map, str) else r.map
+        kind = "code" if r.type == "string" and _is_code(spec.resource, path) else r.type
         elements.append(Element(paths.parse(path), r.column, r.const,
-                                convert.CONVERTERS[r.type], codes,
+                                convert.CONVERTERS[kind], codes,
                                 (r.when,) if isinstance(r.when, str) else r.when or (),
                                 r.unless,
                                 r.times))
@@ -86,6 +90,37 @@ def compile_mapping(file: str, spec: TableMappingFile) -> TableMapping:
         key_only_set=tuple((paths.parse(p), v) for p, v in spec.on_delete.key_only.items()),
         mapping_version=f"cdc-{spec.table}-{spec.version}",
     )
+
+
+def _is_code(resource: str, path: str) -> bool:
+    """Whether the element at ``path`` is a FHIR ``code``: a column written there as a plain
+    string is read with the code's whitespace rules, so a padded column is not dead-lettered."""
+    model: Any = get_fhir_model_class(resource)
+    annotation: Any = None
+    for step in paths.parse(path):
+        if isinstance(step, int):
+            continue
+        if annotation is not None:
+            model = _element_model(annotation)
+        fields = {f.alias or n: f for n, f in model.model_fields.items()} if model else {}
+        if step not in fields:
+            return False  # the loader's own check names a bad path
+        annotation = fields[step].annotation
+    return any(type(m).__name__ == "Code" for m in _metadata(annotation))
+
+
+def _element_model(annotation: Any) -> Any:
+    getter = getattr(annotation, "get_model_klass", None)
+    if getter is not None:
+        return getter()
+    return next((m for m in map(_element_model, typing.get_args(annotation)) if m), None)
+
+
+def _metadata(annotation: Any) -> list[Any]:
+    found = list(getattr(annotation, "__metadata__", ()))
+    for arg in typing.get_args(annotation):
+        found += _metadata(arg)
+    return found
 
 
 class Mappings:
