@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -74,7 +74,9 @@ class CanonicalEvent:
 
     def to_avro(self) -> dict[str, Any]:
         record = {f: getattr(self, f) for f in _AVRO_FIELDS}
-        record["source"] = asdict(self.source)
+        # Source holds scalars only: a plain field read, not asdict's recursive deepcopy
+        # (which was two thirds of serializing an event).
+        record["source"] = {f: getattr(self.source, f) for f in _SOURCE_FIELDS}
         return record
 
     @classmethod
@@ -97,3 +99,4 @@ def _aware(value: datetime | int) -> datetime:
 _AVRO_FIELDS: tuple[str, ...] = tuple(
     f for f in CanonicalEvent.__dataclass_fields__ if f not in ("extras",)
 )
+_SOURCE_FIELDS: tuple[str, ...] = tuple(Source.__dataclass_fields__)

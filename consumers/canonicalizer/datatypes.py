@@ -43,11 +43,13 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+@lru_cache(maxsize=4096)
 def parse_ts(value: str, tz: str = "UTC") -> Ts | None:
     """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]) -> Ts, None when absent/malformed.
 
     FHIR requires a timezone whenever a time is given; a v2 time without an offset is the
-    sender's local time, so the feed's configured zone supplies it.
+    sender's local time, so the feed's configured zone supplies it. Cached: one message
+    repeats its times (OBR-7 under every OBX) and Ts is immutable.
     """
     value = value.strip()
     if not value or value == '""':

@@ -16,6 +16,7 @@ resource_version = source_ms * 10_000 + status_rank * 100 + revision
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from fhirbus.schemas.envelope import FHIRBUS_NAMESPACE
 
@@ -40,9 +41,10 @@ STATUS_RANK: dict[str, int] = {
 }
 
 
+@lru_cache(maxsize=4096, typed=True)  # typed: 1 and True name different ids
 def fast_stable_id(*parts: object) -> str:
     """Exactly ``stable_id`` (UUIDv5 in the fhirbus namespace), without building uuid.UUID
-    objects: ids are computed several times per resource on the hot path."""
+    objects, and cached: one message computes its patient's and order's ids many times."""
     name = "\x1f".join("" if p is None else str(p) for p in parts)
     h = bytearray(hashlib.sha1(_NS + name.encode("utf-8")).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50  # version 5
