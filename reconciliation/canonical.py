@@ -1,9 +1,12 @@
 """Checks over Kafka: canonical topics against each projection, and the raw HL7 topic
 against the canonical output.
 
-* canonical -> projection: the latest event of every resource (by version, then event id,
-  as the projections order them) is projected with the projection's own pure ``project``;
-  the rows it implies must be in the read model with that version and those values.
+* canonical -> projection: every event at the highest version of each resource is projected
+  with the projection's own pure ``project``; per row the effect the projection itself keeps
+  (highest version, then the effect's ``event_id``) states the expected version and values.
+  The effect's event id, not the event's: a projection may keep a token of it (analytics
+  keeps an HMAC), whose order differs from the raw ids', so the raw order would pick the
+  other event of a version tie (two messages stating one resource at one version).
 * raw HL7 -> canonical: every raw record the canonicalizer has committed past must be
   named by some canonical event's provenance or by a dead-letter record's headers.
 """
@@ -46,12 +49,13 @@ class Located:
 
 
 class CanonicalIndex:
-    """Latest event per resource on the canonical topics, read once per run."""
+    """Every event at the highest version of each resource, read once per run."""
 
     def __init__(self, settings: Settings, serde: EnvelopeSerde) -> None:
         self.settings = settings
         self.serde = serde
-        self.latest: dict[tuple[str, str], Located] = {}
+        # Usually one event; more when messages tie on a version (kept in arrival order).
+        self.latest: dict[tuple[str, str], list[Located]] = {}
         self.raw_refs: set[tuple[str, int, int]] = set()
         self._read: set[str] = set()
 
@@ -73,9 +77,15 @@ class CanonicalIndex:
             self.raw_refs.add((s.raw_topic, s.raw_partition, s.raw_offset))
         key = (e.resource_type, e.resource_id)
         known = self.latest.get(key)
-        if known is None or (e.resource_version, e.event_id) > (
-                known.event.resource_version, known.event.event_id):
-            self.latest[key] = at
+        if known is None or e.resource_version > known[0].event.resource_version:
+            self.latest[key] = [at]
+        elif e.resource_version == known[0].event.resource_version and all(
+                k.event.event_id != e.event_id for k in known):
+            known.append(at)  # a repeat (a repair re-publish) keeps its first position
+
+    def resources(self, topics: Iterable[str]) -> int:
+        wanted = set(topics)
+        return sum(1 for ats in self.latest.values() if ats[0].topic in wanted)
 
 
 def values_digest(values: Iterable[Any]) -> str:
@@ -85,22 +95,26 @@ def values_digest(values: Iterable[Any]) -> str:
 
 def expected_rows(projection: Projection, index: CanonicalIndex
                   ) -> dict[str, dict[str, tuple[Fingerprint, Located]]]:
-    """table -> key -> ((version, digest of event id + values), the event), for the latest
-    event of every resource on the projection's topics."""
-    out: dict[str, dict[str, tuple[Fingerprint, Located]]] = {}
+    """table -> key -> ((version, digest of event id + values), the event), for the row the
+    projection keeps from the latest events of every resource on its topics: the effect
+    with the highest (version, effect event id), the rule ``core.apply_versioned`` applies."""
+    best: dict[str, dict[str, tuple[tuple[int, str], Versioned, Located]]] = {}
     topics = set(projection.topics)
-    for at in index.latest.values():
-        if at.topic not in topics:
+    for ats in index.latest.values():
+        if ats[0].topic not in topics:
             continue
-        for effect in projection.project(at.event):
-            if not isinstance(effect, Versioned):
-                continue
-            rows = out.setdefault(effect.table, {})
-            fp = (effect.version, values_digest((effect.event_id, *effect.values)))
-            known = rows.get(effect.key)
-            if known is None or fp[0] > known[0][0]:
-                rows[effect.key] = (fp, at)
-    return out
+        for at in ats:
+            for effect in projection.project(at.event):
+                if not isinstance(effect, Versioned):
+                    continue
+                rows = best.setdefault(effect.table, {})
+                rank = (effect.version, effect.event_id)
+                known = rows.get(effect.key)
+                if known is None or rank > known[0]:
+                    rows[effect.key] = (rank, effect, at)
+    return {table: {key: ((e.version, values_digest((e.event_id, *e.values))), at)
+                    for key, (_, e, at) in rows.items()}
+            for table, rows in best.items()}
 
 
 def actual_rows(store: Store, projection: Projection) -> dict[str, dict[str, Fingerprint]]:

@@ -58,7 +58,7 @@ def canonical_checks(settings: Settings, actor: Actor, index: CanonicalIndex,
             diffs = compare_projection(projection, store, index)
         finally:
             store.close()
-        result.compared = sum(1 for at in index.latest.values() if at.topic in projection.topics)
+        result.compared = index.resources(projection.topics)
         for table, d, at in diffs:
             rtype = at.event.resource_type if at else TABLE_TYPES.get(table, table)
             rid = at.event.resource_id if at else d.key
