@@ -32,14 +32,15 @@ ABNORMAL = frozenset({"A", "AA", "H", "HH", "HU", "L", "LL", "LU", ">", "<", "HX
                       "POS", "DET", "R", "W"})
 NORMAL = frozenset({"N", "NEG", "ND", "S"})
 
-RESULTS = TableSpec("result_facts", ("patient_token", "loinc", "day", "status", "abnormal"))
+RESULTS = TableSpec("result_facts", ("patient_token", "loinc", "day", "status", "abnormal"),
+                    {"abnormal": "INTEGER"})
 ENCOUNTERS = TableSpec("encounter_facts", ("patient_token", "class_code", "status", "day"))
 TOKEN_LINKS = FactSpec("token_links", ("retired_token", "survivor_token"))
 MIGRATIONS = (
     COMMON,
     Migration(2, "analytics facts", (
-        current_table_ddl(RESULTS, {"abnormal": "INTEGER"}),
-        current_table_ddl(ENCOUNTERS, {}),
+        current_table_ddl(RESULTS),
+        current_table_ddl(ENCOUNTERS),
         "CREATE INDEX IF NOT EXISTS {p}result_facts_day ON {p}result_facts (day, loinc)",
         "CREATE TABLE IF NOT EXISTS {p}token_links (retired_token TEXT NOT NULL,"
         " survivor_token TEXT NOT NULL, PRIMARY KEY (retired_token, survivor_token))",

@@ -46,14 +46,15 @@ BILLABLE_STATUSES = frozenset({"billable", "billed"})
 
 CHARGES = TableSpec("charges", ("source_type", "patient_id", "encounter_key", "code",
                                 "status", "billable", "amount_cents", "currency",
-                                "occurred_at"))
+                                "occurred_at"),
+                    {"billable": "INTEGER", "amount_cents": "BIGINT"})
 LEDGER = FactSpec("ledger", ("entry_key", "source_key", "version", "event_id", "kind",
                              "amount_cents", "currency", "encounter_key", "code",
-                             "occurred_at"))
+                             "occurred_at"), {"version": "BIGINT", "amount_cents": "BIGINT"})
 MIGRATIONS = (
     COMMON,
     Migration(2, "billing tables", (
-        current_table_ddl(CHARGES, {"billable": "INTEGER", "amount_cents": "BIGINT"}),
+        current_table_ddl(CHARGES),
         "CREATE TABLE IF NOT EXISTS {p}ledger (entry_key TEXT PRIMARY KEY, source_key TEXT"
         " NOT NULL, version BIGINT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL,"
         " amount_cents BIGINT NOT NULL, currency TEXT, encounter_key TEXT NOT NULL,"

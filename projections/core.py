@@ -13,14 +13,14 @@ Two effect kinds cover every read model:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhirbus.schemas.envelope import CanonicalEvent
 
 from .migrations import Migration
-from .store import Tx, insert_returning, select_in
+from .store import Tx, insert_returning, insert_rows, select_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +68,23 @@ class TableSpec:
 
     name: str
     columns: tuple[str, ...]
+    types: Mapping[str, str] = field(default_factory=dict)  # SQL type per column; TEXT if absent
 
-    def upsert_sql(self, p: str, repair: bool = False) -> str:
-        cols = ", ".join(self.columns)
-        marks = ", ".join("?" * (len(self.columns) + 3))
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        return ("id", "version", "event_id", *self.columns)
+
+    @property
+    def sql_types(self) -> tuple[str, ...]:
+        return ("TEXT", "BIGINT", "TEXT", *(self.types.get(c, "TEXT") for c in self.columns))
+
+    def upsert_tail(self, p: str, repair: bool = False) -> str:
+        """The ON CONFLICT clause: a row is replaced only by a higher (version, event_id)."""
         sets = ", ".join(f"{c} = excluded.{c}" for c in ("version", "event_id", *self.columns))
         t = f"{p}{self.name}"
         if repair:  # an equal version is rewritten: that is what heals a corrupted row
-            return (f"INSERT INTO {t} (id, version, event_id, {cols}) VALUES ({marks}) "
-                    f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {t}.version <= "
-                    "excluded.version")
+            return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {t}.version <= excluded.version"
         return (
-            f"INSERT INTO {t} (id, version, event_id, {cols}) VALUES ({marks}) "
             f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {t}.version < excluded.version "
             f"OR ({t}.version = excluded.version AND {t}.event_id < excluded.event_id)"
         )
@@ -89,13 +94,11 @@ class TableSpec:
 class FactSpec:
     name: str
     columns: tuple[str, ...]
+    types: Mapping[str, str] = field(default_factory=dict)  # SQL type per column; TEXT if absent
 
-    def insert_sql(self, p: str) -> str:
-        marks = ", ".join("?" * len(self.columns))
-        return (
-            f"INSERT INTO {p}{self.name} ({', '.join(self.columns)}) VALUES ({marks}) "
-            "ON CONFLICT DO NOTHING"
-        )
+    @property
+    def sql_types(self) -> tuple[str, ...]:
+        return tuple(self.types.get(c, "TEXT") for c in self.columns)
 
 
 @dataclass
@@ -229,8 +232,11 @@ def _upsert(
     for e in winners:
         by_table.setdefault(e.table, []).append((e.key, e.version, e.event_id, *e.values))
     for table, rows in by_table.items():
-        # The WHERE guard keeps this right even if another writer got there first.
-        tx.executemany(specs[table].upsert_sql(p, repair), rows)
+        spec = specs[table]
+        # One row per key (winners are per key), so one statement may upsert them all; the
+        # WHERE guard keeps this right even if another writer got there first.
+        insert_rows(tx, f"{p}{table}", spec.all_columns, spec.sql_types, rows,
+                    spec.upsert_tail(p, repair))
 
 
 def apply_facts(tx: Tx, p: str, specs: dict[str, FactSpec], facts: Sequence[Fact]) -> None:
@@ -238,11 +244,14 @@ def apply_facts(tx: Tx, p: str, specs: dict[str, FactSpec], facts: Sequence[Fact
     for f in facts:
         by_table.setdefault(f.table, []).append(f.row)
     for table, rows in by_table.items():
-        tx.executemany(specs[table].insert_sql(p), rows)
+        spec = specs[table]
+        insert_rows(tx, f"{p}{table}", spec.columns, spec.sql_types, rows,
+                    "ON CONFLICT DO NOTHING")
 
 
-def current_table_ddl(spec: TableSpec, types: dict[str, str]) -> str:
-    """DDL for a current-state table; columns default to TEXT."""
+def current_table_ddl(spec: TableSpec, types: Mapping[str, str] | None = None) -> str:
+    """DDL for a current-state table; columns default to TEXT (types: the spec's own)."""
+    types = spec.types if types is None else types
     cols = ", ".join(f"{c} {types.get(c, 'TEXT')}" for c in spec.columns)
     return (
         f"CREATE TABLE IF NOT EXISTS {{p}}{spec.name} (id TEXT PRIMARY KEY, "

@@ -26,7 +26,7 @@ RESOURCES = (
 )
 
 PATIENTS = TableSpec("patients", ("active", "family", "given", "birth_date", "gender", "mrn",
-                                  "body"))
+                                  "body"), {"active": "INTEGER"})
 ENCOUNTERS = TableSpec("encounters", ("patient_id", "status", "class_code", "period_start",
                                       "period_end", "body"))
 ORDERS = TableSpec("orders", ("patient_id", "status", "code", "display", "authored_on", "body"))
@@ -45,7 +45,7 @@ LINKS = FactSpec("patient_links", ("retired_id", "survivor_id"))
 MIGRATIONS = (
     COMMON,
     Migration(2, "ehr tables", (
-        *(current_table_ddl(t, {"active": "INTEGER"}) for t in TABLES),
+        *(current_table_ddl(t) for t in TABLES),
         *(f"CREATE INDEX IF NOT EXISTS {{p}}{t.name}_patient ON {{p}}{t.name} (patient_id)"
           for t in TABLES if "patient_id" in t.columns),
         "CREATE TABLE IF NOT EXISTS {p}patient_links (retired_id TEXT NOT NULL, survivor_id"

@@ -74,6 +74,30 @@ def insert_returning(
     return out
 
 
+def insert_rows(
+    tx: Tx, table: str, columns: Sequence[str], types: Sequence[str],
+    rows: Sequence[Sequence[Any]], tail: str,
+) -> None:
+    """Insert (or upsert, per ``tail``'s ON CONFLICT) ``rows`` into ``table``.
+
+    PostgreSQL: one ``unnest`` statement of binary arrays, as insert_returning. A pipelined
+    executemany still binds and executes one statement per row, which made billing's
+    ledger (one or two rows per event, recomputed per charge) the slowest model there.
+    The statement must not touch one row twice (``DO UPDATE`` refuses): callers pass one
+    row per key, or ``DO NOTHING``. SQLite: executemany, in-process and cheap.
+    """
+    if not rows:
+        return
+    cols = ", ".join(columns)
+    if tx.dialect == "postgresql":
+        arrays = ", ".join(f"%b::{t}[]" for t in types)
+        sql = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) {tail}"
+        tx.execute(sql, [list(c) for c in zip(*rows, strict=True)])
+        return
+    marks = ", ".join("?" * len(columns))
+    tx.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}) {tail}", rows)
+
+
 def select_in(
     tx: Tx, sql: str, values: Sequence[Any], params: Sequence[Any] = ()
 ) -> list[Row]:
