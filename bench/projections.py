@@ -242,6 +242,7 @@ def bench_latency(rate: float, seconds: float) -> None:
                 time.sleep(0.1)
             stop.set()
             watcher.join()
+            cpu = [_cpu_seconds(proc.pid) for proc in procs]
         finally:
             for proc in procs:
                 proc.terminate()
@@ -254,6 +255,14 @@ def bench_latency(rate: float, seconds: float) -> None:
     print(f"   {len(lat)} visible ({missing} not within 60 s): p50={_pct(lat, 0.5):.1f} ms "
           f"p99={_pct(lat, 0.99):.1f} ms max={lat[-1] * 1000:.1f} ms "
           f"mean={statistics.fmean(lat) * 1000:.1f} ms   target p50 <= 50 ms, p99 <= 250 ms")
+    print("   CPU seconds used (a {:.0f} s run, 2 cores): listener {:.1f}, "
+          "canonicalizer {:.1f}, projection {:.1f}".format(seconds, *cpu))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a child process (Linux /proc), to see which stage is the bottleneck."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _send_offset(port: int, raws: list[bytes], k: int, senders: int, rate: float,
