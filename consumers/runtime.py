@@ -185,6 +185,9 @@ class ConsumerRuntime:
         to a few attribute stores (spans: see spans.py; metrics and positions: per batch).
         Failures leave it for _retry, which classifies them."""
         decode, handler, revoked, spans = self._decode, self._handler, self._revoked, self._spans
+        # Locals, not attribute or global lookups, for what runs per record.
+        add_outcome, add_processed = outcomes.append, processed.append
+        new, record_cls = _new, Record
         token = spans.start_batch()
         stamps = spans.stamps
         try:
@@ -201,7 +204,7 @@ class ConsumerRuntime:
                 if stamps is not None:
                     stamps.append(time_ns())
                 # Record(msg, raw) without the __init__ call: ~50 of the loop's ~500 ns.
-                record = _new(Record)
+                record = new(record_cls)
                 record._msg = msg
                 record.value = raw = msg.value()
                 try:
@@ -212,16 +215,16 @@ class ConsumerRuntime:
                             raise _decode_error(exc) from exc
                     effects = handler(record)
                     record.effects = () if effects is None else tuple(effects)
-                    outcomes.append(record)
+                    add_outcome(record)
                 except Exception as exc:  # classified in _retry; nothing is swallowed
                     result = self._retry(record, exc)
                     if result.__class__ is Publish:
                         dead.append(result)  # type: ignore[arg-type]
                     else:
-                        outcomes.append(result)  # type: ignore[arg-type]
+                        add_outcome(result)  # type: ignore[arg-type]
                 if spans.span is not None:
                     spans.record_done()
-                processed.append(msg)
+                add_processed(msg)
         except _Stop:
             pass
         finally:

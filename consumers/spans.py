@@ -62,6 +62,9 @@ class RecordSpans:
     to ``stamps`` when it is not None), and when the record is done, if ``span`` is not
     None, ``record_done()``; then ``end_batch(token, processed)``."""
 
+    # Slots: the runtime sets ``msg`` and reads ``span`` once per record.
+    __slots__ = ("_built", "_current", "_tracer", "msg", "span", "stamps")
+
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
         self._current = _CurrentRecord(self)
