@@ -37,18 +37,18 @@ def listener_producer_config(settings: Settings) -> dict[str, Any]:
     confirmed by then fails definitively and is spooled, instead of also arriving later
     from librdkafka's queue as a second copy.
 
-    linger.ms is half a millisecond, not 0: at 0 every produce call wakes librdkafka's
-    broker thread and sends a request of its own, one per message at thousands a second
-    (measured: half of librdkafka's CPU and two thirds of the broker's per message went
-    away at 0.5 ms, at the same throughput). Half a millisecond is small against the
-    broker round trip an ACK waits for anyway (acks=all).
+    linger.ms is 0. librdkafka's broker thread sleeps in poll() with millisecond
+    granularity, so a linger of 0.5 ms held every record about 1.1 ms before it was sent
+    (measured), and an ACK waits for the broker: with senders that wait for each ACK, that
+    was most of the round trip and capped throughput. Under load records still batch, in
+    the queue behind the requests in flight.
     """
     conf = settings.hl7
     timeout_ms = max(1, int(conf.broker_confirm_timeout_s * 1000))
     return producer_config(
         settings,
         **{
-            "linger.ms": 0.5,
+            "linger.ms": 0,
             "delivery.timeout.ms": timeout_ms,
             "request.timeout.ms": timeout_ms,
             "message.max.bytes": max(1_000_000, conf.max_message_bytes + _RECORD_HEADROOM),
@@ -68,9 +68,9 @@ class ListenerApp:
         self.conf: Hl7ListenerSettings = settings.hl7
         self.spool = spool or Spool(spool_path(settings))
         self._own_producer = producer is None
-        # background_poll=False: the event loop polls (delivery.py). A poll thread as well
-        # would serve half the reports on another thread, each then crossing back to the
-        # loop, and contend for the GIL with it on every socket read and write.
+        # background_poll=False: the listener's own poll thread serves the delivery
+        # reports (delivery.py); a second poller would take half of them, each then
+        # crossing back to the loop on its own.
         self.producer = producer or Producer(
             listener_producer_config(settings), trace_propagation=False, background_poll=False
         )
@@ -78,7 +78,6 @@ class ListenerApp:
         self.server = MllpServer(self.conf, self.listener.handle)
 
     async def start(self) -> tuple[str, int]:
-        # No background polling thread: the listener polls from its event loop (delivery.py).
         await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
         await self.listener.start()
         host, port = await self.server.start()
