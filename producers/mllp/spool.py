@@ -6,8 +6,16 @@ commit), so durability costs one disk flush per batch, not per message. Callers 
 ``concurrent.futures.Future`` per request (wrap it with ``asyncio.wrap_future``).
 
 Rows carry an AUTOINCREMENT sequence, so arrival order survives deletes and restarts. The
-``seen`` table holds the retransmission window (hashed keys only) in the same file, so a
-spooled message and the record that it was seen commit together.
+retransmission window (hashed keys only) lives in the same file, so a spooled message and
+the record that it was seen commit together.
+
+The window is written as ``seen_batch`` rows, one per batch of keys (a JSON list), appended
+in time order. One key per row in a keyed table (the older ``seen`` table, still read and
+pruned) dirtied a random B-tree page per message, about two page writes per message, and
+cost the listener as much CPU as its broker client. A batch that only records seen keys
+commits without an fsync (``synchronous=NORMAL``: it survives a crash of the process, not
+of the machine); losing such an entry can only let a resend through as a duplicate, never
+lose a message, and the next durable commit syncs it anyway.
 """
 
 from __future__ import annotations
@@ -35,8 +43,13 @@ _SCHEMA = (
     "headers BLOB NOT NULL, spooled_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS seen (k TEXT PRIMARY KEY, at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS seen_at ON seen (at)",
+    "CREATE TABLE IF NOT EXISTS seen_batch (at REAL NOT NULL, n INTEGER NOT NULL, "
+    "keys BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS seen_batch_at ON seen_batch (at)",
 )
 Op = Callable[[sqlite3.Connection], Any]
+# A queued request: the operation, its future, and whether its commit must be fsynced.
+Request = tuple[Op, Future[Any], bool]
 
 
 class SpoolError(Exception):
@@ -55,7 +68,7 @@ class Spool:
         self.path = path
         self._max_pages = max_pages
         self._batch_limit = batch_limit
-        self._queue: queue.SimpleQueue[tuple[Op, Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready: Future[None] = Future()
         self._closed = False
@@ -82,7 +95,8 @@ class Spool:
         return self._submit(lambda c: _insert(c, kind, record, seen_key))
 
     def remember(self, seen_keys: list[str]) -> Future[None]:
-        return self._submit(lambda c: _remember_many(c, seen_keys))
+        """Record keys as seen; committed without an fsync unless batched with one."""
+        return self._submit(lambda c: _remember_many(c, seen_keys), durable=False)
 
     def read(self, limit: int) -> Future[list[Spooled]]:
         return self._submit(lambda c: _read(c, limit))
@@ -95,23 +109,19 @@ class Spool:
         return self._submit(lambda c: c.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def seen_since(self, since: float) -> Future[list[tuple[str, float]]]:
-        return self._submit(
-            lambda c: c.execute(
-                "SELECT k, at FROM seen WHERE at >= ? ORDER BY at", (since,)
-            ).fetchall()
-        )
+        """(key, when) of every key seen since ``since``, oldest first."""
+        return self._submit(lambda c: _seen_since(c, since))
 
     def prune_seen(self, before: float) -> Future[int]:
-        return self._submit(
-            lambda c: c.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
-        )
+        """Forget keys seen before ``before``; returns how many entries went."""
+        return self._submit(lambda c: _prune_seen(c, before))
 
-    def _submit(self, op: Op) -> Future[Any]:
+    def _submit(self, op: Op, *, durable: bool = True) -> Future[Any]:
         future: Future[Any] = Future()
         if self._closed:
             future.set_exception(SpoolError("spool is closed"))
         else:
-            self._queue.put((op, future))
+            self._queue.put((op, future, durable))
         return future
 
     def _open(self) -> sqlite3.Connection:
@@ -132,19 +142,24 @@ class Spool:
             self._ready.set_exception(exc)
             return
         self._ready.set_result(None)
+        synced = True  # synchronous=FULL, as _open set it
         try:
             while True:
                 batch = self._take_batch()
                 done = batch and batch[-1] is None
                 ops = [item for item in batch if item is not None]
                 if ops:
+                    durable = any(item[2] for item in ops)
+                    if durable != synced:
+                        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                        synced = durable
                     _run_batch(conn, ops)
                 if done:
                     break
         finally:
             conn.close()
 
-    def _take_batch(self) -> list[tuple[Op, Future[Any]] | None]:
+    def _take_batch(self) -> list[Request | None]:
         batch = [self._queue.get()]
         while batch[-1] is not None and len(batch) < self._batch_limit:
             try:
@@ -154,21 +169,21 @@ class Spool:
         return batch
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Op, Future[Any]]]) -> None:
+def _run_batch(conn: sqlite3.Connection, ops: list[Request]) -> None:
     """One transaction for the whole batch; every future fails if the commit fails."""
     results: list[Any] = []
     try:
         conn.execute("BEGIN IMMEDIATE")
-        results = [op(conn) for op, _ in ops]
+        results = [op(conn) for op, _, _ in ops]
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         log.error("spool commit failed", extra={"error": str(exc), "batch": len(ops)})
-        for _, future in ops:
+        for _, future, _ in ops:
             future.set_exception(SpoolError(str(exc)))
         return
-    for (_, future), result in zip(ops, results, strict=True):
+    for (_, future, _), result in zip(ops, results, strict=True):
         future.set_result(result)
 
 
@@ -178,19 +193,37 @@ def _insert(conn: sqlite3.Connection, kind: str, record: Record, seen_key: str |
         (kind, record.topic, record.key, record.value, _pack(record.headers), time.time()),
     )
     if seen_key is not None:
-        _remember(conn, seen_key)
+        _remember_many(conn, [seen_key])
     return int(cur.lastrowid or 0)
 
 
-def _remember(conn: sqlite3.Connection, seen_key: str) -> None:
-    conn.execute("INSERT OR REPLACE INTO seen (k, at) VALUES (?, ?)", (seen_key, time.time()))
-
-
 def _remember_many(conn: sqlite3.Connection, seen_keys: list[str]) -> None:
-    now = time.time()
-    conn.executemany(
-        "INSERT OR REPLACE INTO seen (k, at) VALUES (?, ?)", [(k, now) for k in seen_keys]
+    # One row, one statement: executemany would step (and release the GIL) once per key.
+    conn.execute(
+        "INSERT INTO seen_batch (at, n, keys) VALUES (?, ?, ?)",
+        (time.time(), len(seen_keys), orjson.dumps(seen_keys)),
     )
+
+
+def _seen_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, float]]:
+    entries: list[tuple[str, float]] = conn.execute(
+        "SELECT k, at FROM seen WHERE at >= ?", (since,)
+    ).fetchall()
+    for at, keys in conn.execute(
+        "SELECT at, keys FROM seen_batch WHERE at >= ? ORDER BY at", (since,)
+    ):
+        entries.extend((k, at) for k in orjson.loads(keys))
+    entries.sort(key=lambda e: e[1])  # stable: a batch keeps its order
+    return entries
+
+
+def _prune_seen(conn: sqlite3.Connection, before: float) -> int:
+    (batched,) = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM seen_batch WHERE at < ?", (before,)
+    ).fetchone()
+    conn.execute("DELETE FROM seen_batch WHERE at < ?", (before,))
+    keyed = conn.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+    return int(batched) + keyed
 
 
 def _read(conn: sqlite3.Connection, limit: int) -> list[Spooled]:
