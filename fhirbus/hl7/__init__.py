@@ -15,6 +15,7 @@ from fhirbus.hl7.parser import (
     escape,
     parse,
     parse_bytes,
+    parse_header,
     split_batch,
     unescape,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "escape",
     "parse",
     "parse_bytes",
+    "parse_header",
     "split_batch",
     "unescape",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "escape",
     "parse",
     "parse_bytes",
+    "parse_header",
     "split_batch",
     "unescape",
 ]
@@ -348,6 +349,34 @@ def parse(text: str) -> Message:
         line = line.lstrip()
         append(Segment(_check_id(line, fs, len(segments) + 1), line, ctx))
     return Message(ctx[5], segments, ctx[6])
+
+
+def parse_header(text: str) -> tuple[Message, int]:
+    """Check a message as ``parse`` does, but keep only its MSH: for readers that need the
+    header and the verdict, not the body (the MLLP listener's ACK path).
+
+    Returns a Message whose ``segments`` hold the MSH segment alone, and how many segments
+    the message has. Raises HL7ParseError exactly where ``parse`` would, for the same
+    reason: the body's lines are checked with the same rules, only not kept as Segments.
+    """
+    lines = _lines(text)
+    start, msh = _read_msh(lines)
+    ctx = msh._ctx
+    fs = ctx[0]
+    count = 1
+    known = _KNOWN_IDS
+    for line in lines[start + 1 :]:
+        if not line:
+            continue
+        seg_id = line[:3]
+        if seg_id in known and (len(line) == 3 or line[3] == fs):
+            count += 1
+            continue
+        if line.isspace():
+            continue
+        count += 1
+        _check_id(line.lstrip(), fs, count)
+    return Message(ctx[5], [msh], ctx[6]), count
 
 
 def parse_bytes(raw: bytes) -> Message:

@@ -2,7 +2,9 @@
 
 Classification order matters: framing errors first, then charset, then structure (AR: the
 bytes are not an HL7 message we can read), then header semantics (AE: an HL7 message this
-listener will not take). The fast parser is the only parser used here.
+listener will not take). The fast parser is the only parser used here, and only its
+header: ``parse_header`` checks every segment as ``parse`` does but keeps only the MSH, the
+one segment an ACK and the raw record's headers need.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from fhirbus.hl7 import HL7EncodingError, HL7ParseError, Message, decode_message, parse
+from fhirbus.hl7 import (
+    HL7EncodingError,
+    HL7ParseError,
+    Message,
+    decode_message,
+    parse,
+    parse_header,
+)
 
 from . import framing
 from .ack import AckError, AckHeader
@@ -77,16 +86,19 @@ def classify(frame: framing.Frame, policy: Policy) -> Verdict:
     except HL7EncodingError as exc:
         return _reject(exc.reason, _header_only(raw))
     try:
-        msg = parse(text)
+        msg, segment_count = parse_header(text)
     except HL7ParseError as exc:
         return _reject(exc.reason, _header_from_text(text, codec))
-    header = _header(msg, codec)
-    msh9 = _message_type(msg)
-    if len(msg.segments) < 2:
+    msh = msg.segments[0]
+    # MSH-9's parts, each read once: code, trigger event, message structure.
+    msh9_parts = [msh.get(9), msh.get(9, 1, 2), msh.get(9, 1, 3)]
+    header = _header(msg, codec, msh9_parts[1])
+    msh9 = _message_type(msh9_parts)
+    if segment_count < 2:
         return _reject("msh_only", header, msh9, codec)
     if not _version_supported(header.version, policy.supported_versions):
         return _reject("unsupported_version", header, msh9, codec)
-    if not msg.segments[0].get(9):
+    if not msh9_parts[0]:
         return _reject("missing_message_type", header, msh9, codec)
     return Verdict("AA", header, msh9=msh9, codec=codec)
 
@@ -99,14 +111,12 @@ def _version_supported(version: str, supported: frozenset[str]) -> bool:
     return any(version.startswith(v + ".") for v in supported if v.count(".") == 1)
 
 
-def _message_type(msg: Message) -> str:
+def _message_type(parts: list[str]) -> str:
     """MSH-9 joined with '^' whatever the sender's component separator, e.g. ADT^A01^ADT_A01."""
-    # The MSH segment directly: msg.get("MSH-9.1") would parse the path and index every
-    # segment by id, per message, to find the first one. parse() allows a single MSH.
-    parts = [msg.segments[0].get(9), msg.trigger, msg.structure]
-    while parts and not parts[-1]:
-        parts.pop()
-    return "^".join(parts)
+    end = len(parts)
+    while end and not parts[end - 1]:
+        end -= 1
+    return "^".join(parts[:end])
 
 
 def _reject(reason: str, header: AckHeader | None, msh9: str = "", codec: str = "") -> Verdict:
@@ -114,7 +124,7 @@ def _reject(reason: str, header: AckHeader | None, msh9: str = "", codec: str = 
     return Verdict(code, header, reason, AckError(err, text, location), msh9, codec)
 
 
-def _header(msg: Message, codec: str) -> AckHeader:
+def _header(msg: Message, codec: str, trigger: str | None = None) -> AckHeader:
     msh = msg.segments[0]
     d = msg.delimiters
     return AckHeader(
@@ -124,12 +134,12 @@ def _header(msg: Message, codec: str) -> AckHeader:
         sending_facility=msh.field(4),
         receiving_app=msh.field(5),
         receiving_facility=msh.field(6),
-        trigger=msg.trigger,
+        trigger=msg.trigger if trigger is None else trigger,
         control_id=msh.field(10),
         processing_id=msh.field(11),
-        version=msg.version,
-        accept_ack_type=msg.accept_ack_type.strip(),
-        app_ack_type=msg.app_ack_type.strip(),
+        version=msh.get(12),
+        accept_ack_type=msh.get(15).strip(),
+        app_ack_type=msh.get(16).strip(),
         charset_field=msh.field(18).split(d.repetition or "\r")[0],
         codec=codec,
     )

@@ -15,6 +15,7 @@ from fhirbus.hl7 import (
     escape,
     parse,
     parse_bytes,
+    parse_header,
     split_batch,
     unescape,
 )
@@ -627,3 +628,63 @@ def test_doubled_escape_character_in_msh2_reads_as_one() -> None:
     assert msg.delimiters.encoding_characters == "^~\\&"
     assert msg.delimiters.escape == "\\" and msg.delimiters.subcomponent == "&"
     assert msg.message_type == "ADT^A01" and msg.version == "2.6"
+
+
+# --- parse_header: the listener's header-only read ---------------------------------------
+
+
+def _read_outcome(fn: object, text: str) -> tuple[object, ...]:
+    """What a parse function makes of text: the error (reason, segment index) or the
+    header fields the listener reads and the segment count."""
+    try:
+        result = fn(text)  # type: ignore[operator]
+    except HL7ParseError as exc:
+        return ("error", exc.reason, exc.segment_index)
+    msg, count = result if isinstance(result, tuple) else (result, len(result.segments))
+    msh = msg.segments[0]
+    fields = tuple(msh.field(n) for n in range(1, 19))
+    return ("ok", count, fields, msg.delimiters, msg.codec, msg.message_type, msg.version)
+
+
+HEADER_CASES = [
+    ORU,
+    ORU.replace("\r", "\n"),
+    ORU.replace("\r", "\r\n"),
+    "\ufeff" + ORU,
+    "\r\n  \r" + ORU + "\r\x0b\r \t\r",
+    MSH + "\r",
+    MSH + "\r\rPID|1\r   \r",
+    MSH + "\r  ZZ1|x\r",
+    MSH + "\rpid|1\r",
+    MSH + "\rPI|1\r",
+    MSH + "\rPIDX|1\r",
+    MSH + "\rPID\r",
+    MSH + "\r" + MSH + "\r",
+    MSH + "\rBHS|^~\\&\r",
+    MSH + "\rPID|1\rFTS|1\r",
+    "",
+    "\r\n",
+    "PID|1\r" + MSH,
+    "MSH|^~|x",
+    "MSH#^~\\&#A#B\rPID#1\rPID|1\r",
+]
+
+
+@pytest.mark.parametrize("text", HEADER_CASES)
+def test_parse_header_agrees_with_parse(text: str) -> None:
+    assert _read_outcome(parse_header, text) == _read_outcome(parse, text)
+    msg, _ = parse_header(text) if _read_outcome(parse, text)[0] == "ok" else (None, 0)
+    if msg is not None:
+        assert [s.id for s in msg.segments] == ["MSH"]
+
+
+@needs_corpus
+def test_parse_header_agrees_with_parse_on_the_corpus() -> None:
+    files = sorted(p for p in CORPUS.rglob("*") if p.is_file())
+    assert files
+    for path in files:
+        try:
+            text, _ = decode_message(path.read_bytes())
+        except HL7EncodingError:
+            continue
+        assert _read_outcome(parse_header, text) == _read_outcome(parse, text), path.name
