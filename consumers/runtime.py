@@ -9,6 +9,7 @@ redelivery, and idempotent effects make redelivery harmless.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -105,6 +106,7 @@ class ConsumerRuntime:
 
     def run(self, max_records: int | None = None, idle_exit_s: float | None = None) -> int:
         """Consume until stopped (or, for tools and tests, a record budget / idle time)."""
+        _freeze_startup_heap()
         self.consumer.subscribe(
             list(self.spec.topics), on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -354,6 +356,26 @@ class ConsumerRuntime:
             if interruptible and self._stop.is_set():
                 raise _Stop()
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+_heap_frozen = False
+
+
+def _freeze_startup_heap() -> None:
+    """Once per process, before the first batch: move what is alive now (modules, schemas,
+    settings, clients: all of it lives as long as the process) out of the cyclic collector.
+
+    A batch's Records (and decoded values) live until the batch is applied, so the young
+    generations keep promoting them, and every few hundred ms a full collection walked the
+    whole startup heap again: 2-3 per 100k records, 35-60 ms, 10-20% of the runtime's time
+    in the throughput bench, and more in bigger processes. Refcounting still frees frozen
+    objects; only cyclic garbage that exists right now would never be collected, so it is
+    collected first."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 _new = object.__new__

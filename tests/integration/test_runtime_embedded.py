@@ -128,3 +128,20 @@ def test_broker_outage_mid_stream_loses_nothing(
     consumer_thread.join(30)
     ids = [orjson.loads(m.value())["id"] for m in got]
     assert set(ids) == set(range(total))
+
+
+def test_a_run_moves_the_startup_heap_out_of_the_collector(
+    embedded_stack: EmbeddedStack, settings: Settings, unique: str
+) -> None:
+    """Full collections, which a batch's Records trigger, must not walk the process's
+    startup objects again and again (see runtime._freeze_startup_heap)."""
+    import gc
+
+    src = f"heap-{unique}"
+    embedded_stack.create_topic(src, 1)
+    _produce(settings, src, range(3))
+    spec = ConsumerSpec(stage="test", group_id=f"g-{unique}", topics=[src],
+                        handler=lambda r: None, dead_letter_topic=f"heap-dlq-{unique}")
+    assert ConsumerRuntime(spec, settings).run(max_records=3, idle_exit_s=15) == 3
+    assert gc.get_freeze_count() > 0
+    assert gc.isenabled()
