@@ -5,6 +5,12 @@ row and everything after it are sent again next round (the idempotent producer k
 partition's order; a resend after a partial failure may duplicate, never lose or reorder
 the first copy). While the broker is failing, rounds shrink to a single probe row with
 exponential backoff, so a down broker does not cause a burst of duplicates when it returns.
+
+A row the broker refuses for a reason that is the record's own (too large for the topic,
+an invalid record) would fail the same way forever and hold every row behind it. When such
+a row fails alone (as the single probe row), it is moved to the spool's ``refused`` table
+with the reason, counted, logged at ERROR, and the forwarder carries on. A refusal seen in
+a batch is not trusted yet: a batch can be too large where each of its records fits.
 """
 
 from __future__ import annotations
@@ -13,11 +19,33 @@ import asyncio
 import contextlib
 import logging
 
+from confluent_kafka import KafkaError
+
+from fhirbus.kafka.producer import DeliveryError
+
 from .metrics import ListenerMetrics
 from .sink import DurableSink
 from .spool import Spool, Spooled, SpoolError
 
 log = logging.getLogger(__name__)
+# Refusals caused by the record itself: sending it again cannot succeed.
+_RECORD_REFUSALS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+})
+
+
+def record_refusal(error: BaseException) -> str | None:
+    """The reason when ``error`` says the broker will never take this record, else None."""
+    if (
+        isinstance(error, DeliveryError)
+        and not error.error.fatal()
+        and error.error.code() in _RECORD_REFUSALS
+    ):
+        return str(error.error.name())
+    return None
 
 
 class Forwarder:
@@ -77,6 +105,10 @@ class Forwarder:
             if isinstance(result, BaseException):
                 break
             confirmed += 1
+        if len(rows) == 1 and confirmed == 0:
+            reason = record_refusal(results[0])  # type: ignore[arg-type]
+            if reason is not None:
+                return await self._refuse(rows[0], reason)
         if confirmed:
             try:
                 await asyncio.wrap_future(self._spool.delete([r.seq for r in rows[:confirmed]]))
@@ -96,6 +128,29 @@ class Forwarder:
                 },
             )
         return confirmed
+
+    async def _refuse(self, row: Spooled, reason: str) -> int:
+        """Move a row the broker will never take out of the way; 1 when moved (progress)."""
+        try:
+            await asyncio.wrap_future(self._spool.refuse(row.seq, reason))
+        except SpoolError as exc:
+            log.error("cannot move a refused row", extra={"error": str(exc)})
+            return 0
+        self._sink.drained(1)
+        self._metrics.refused()
+        # The row's content is PHI: only where it is and why, never what.
+        log.error(
+            "broker refused a spooled record for good; moved to the spool's refused table",
+            extra={
+                "seq": row.seq,
+                "topic": row.record.topic,
+                "kind": row.kind,
+                "reason": reason,
+                "size": len(row.record.value),
+                "spool": str(self._spool.path),
+            },
+        )
+        return 1
 
     def _delay(self) -> float:
         low, high = self._backoff

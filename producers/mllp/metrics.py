@@ -27,6 +27,8 @@ _COUNTERS = {
     "duplicates": "hl7.mllp.duplicates",
     "forwarded": "hl7.mllp.spool_forwarded",
     "store_failed": "hl7.mllp.store_failed",
+    "refused": "hl7.mllp.spool_refused",
+    "producer_recreated": "hl7.mllp.producer_recreated",
 }
 
 
@@ -86,6 +88,13 @@ class ListenerMetrics:
 
     def forwarded(self, n: int) -> None:
         self.counts["forwarded"] += n
+
+    def refused(self) -> None:
+        """A spooled record the broker will never take went to the refused table."""
+        self.counts["refused"] += 1
+
+    def producer_recreated(self) -> None:
+        self.counts["producer_recreated"] += 1
 
     def ack_latency(self, seconds: float) -> None:
         self._latency.record(seconds * 1000.0, self.attrs)

@@ -11,8 +11,8 @@ the record that it was seen commit together.
 
 The window is written as ``seen_batch`` rows, one per batch of keys (a JSON list), appended
 in time order. One key per row in a keyed table (the older ``seen`` table, still read and
-pruned) dirtied a random B-tree page per message, about two page writes per message, and
-cost the listener as much CPU as its broker client. A batch that only records seen keys
+pruned in files that have it) dirtied random B-tree pages, about two page writes per
+message, and cost the listener as much CPU as its broker client. A batch that only records seen keys
 commits without an fsync (``synchronous=NORMAL``: it survives a crash of the process, not
 of the machine); losing such an entry can only let a resend through as a duplicate, never
 lose a message, and the next durable commit syncs it anyway.
@@ -41,11 +41,18 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
     "kind TEXT NOT NULL, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, "
     "headers BLOB NOT NULL, spooled_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS seen (k TEXT PRIMARY KEY, at REAL NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS seen_at ON seen (at)",
     "CREATE TABLE IF NOT EXISTS seen_batch (at REAL NOT NULL, n INTEGER NOT NULL, "
     "keys BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS seen_batch_at ON seen_batch (at)",
+)
+# Spool files written before seen_batch keep their window in this table: read, pruned.
+_LEGACY_SEEN = "seen"
+# Spooled records the broker refused for good (e.g. too large for the topic): moved here
+# with the reason so the forwarder can go on, kept for an operator. Made on first use.
+_REFUSED = (
+    "CREATE TABLE IF NOT EXISTS refused (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
+    "topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers BLOB NOT NULL, "
+    "spooled_at REAL NOT NULL, refused_at REAL NOT NULL, reason TEXT NOT NULL)"
 )
 Op = Callable[[sqlite3.Connection], Any]
 # A queued request: the operation, its future, and whether its commit must be fsynced.
@@ -61,6 +68,15 @@ class Spooled:
     seq: int
     kind: str
     record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    seq: int
+    kind: str
+    record: Record
+    reason: str
+    refused_at: float
 
 
 class Spool:
@@ -104,6 +120,13 @@ class Spool:
     def delete(self, seqs: list[int]) -> Future[None]:
         rows = [(s,) for s in seqs]
         return self._submit(lambda c: c.executemany("DELETE FROM spool WHERE seq = ?", rows))
+
+    def refuse(self, seq: int, reason: str) -> Future[bool]:
+        """Move a spooled row to the refused table, in one commit; False if it is gone."""
+        return self._submit(lambda c: _refuse(c, seq, reason))
+
+    def read_refused(self, limit: int = 100) -> Future[list[Refused]]:
+        return self._submit(lambda c: _read_refused(c, limit))
 
     def depth(self) -> Future[int]:
         return self._submit(lambda c: c.execute("SELECT count(*) FROM spool").fetchone()[0])
@@ -205,10 +228,15 @@ def _remember_many(conn: sqlite3.Connection, seen_keys: list[str]) -> None:
     )
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
 def _seen_since(conn: sqlite3.Connection, since: float) -> list[tuple[str, float]]:
-    entries: list[tuple[str, float]] = conn.execute(
-        "SELECT k, at FROM seen WHERE at >= ?", (since,)
-    ).fetchall()
+    entries: list[tuple[str, float]] = []
+    if _has_table(conn, _LEGACY_SEEN):
+        entries = conn.execute("SELECT k, at FROM seen WHERE at >= ?", (since,)).fetchall()
     for at, keys in conn.execute(
         "SELECT at, keys FROM seen_batch WHERE at >= ? ORDER BY at", (since,)
     ):
@@ -222,7 +250,9 @@ def _prune_seen(conn: sqlite3.Connection, before: float) -> int:
         "SELECT coalesce(sum(n), 0) FROM seen_batch WHERE at < ?", (before,)
     ).fetchone()
     conn.execute("DELETE FROM seen_batch WHERE at < ?", (before,))
-    keyed = conn.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
+    keyed = 0
+    if _has_table(conn, _LEGACY_SEEN):
+        keyed = conn.execute("DELETE FROM seen WHERE at < ?", (before,)).rowcount
     return int(batched) + keyed
 
 
@@ -231,6 +261,32 @@ def _read(conn: sqlite3.Connection, limit: int) -> list[Spooled]:
         "SELECT seq, kind, topic, key, value, headers FROM spool ORDER BY seq LIMIT ?", (limit,)
     ).fetchall()
     return [Spooled(s, kind, Record(t, k, v, _unpack(h))) for s, kind, t, k, v, h in rows]
+
+
+def _refuse(conn: sqlite3.Connection, seq: int, reason: str) -> bool:
+    conn.execute(_REFUSED)
+    moved = conn.execute(
+        "INSERT INTO refused (seq, kind, topic, key, value, headers, spooled_at, refused_at, "
+        "reason) SELECT seq, kind, topic, key, value, headers, spooled_at, ?, ? "
+        "FROM spool WHERE seq = ?",
+        (time.time(), reason, seq),
+    ).rowcount
+    conn.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+    return moved == 1
+
+
+def _read_refused(conn: sqlite3.Connection, limit: int) -> list[Refused]:
+    if not _has_table(conn, "refused"):
+        return []
+    rows = conn.execute(
+        "SELECT seq, kind, topic, key, value, headers, reason, refused_at FROM refused "
+        "ORDER BY seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        Refused(s, kind, Record(t, k, v, _unpack(h)), reason, at)
+        for s, kind, t, k, v, h, reason, at in rows
+    ]
 
 
 def _pack(headers: Headers) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhirbus.embedded.broker import EmbeddedStack
+from fhirbus.producers.mllp.intake import Record
 from fhirbus.producers.mllp.spool import Spool
 from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
 from fhirbus.settings import Settings
@@ -112,3 +113,38 @@ def test_broker_down_and_disk_full_gives_a_negative_ack(
         wait_for(lambda: ack_code(conn.send(big)) == "AA", timeout=30, interval=0.2)
         records = topic_records(broker_outage.bootstrap, RAW_HL7, listener.listener_id, 1)
     assert [v for v, _ in records] == [big]
+
+
+def test_a_spooled_record_the_broker_refuses_for_good_does_not_stall_the_spool(
+    settings: Settings, embedded_stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Regression: the forwarder retried a record it could never publish (larger than the
+    producer's message.max.bytes, refused as MSG_SIZE_TOO_LARGE) forever, and every row
+    behind it, and every new message (spool mode), waited with it."""
+    conf = listener_settings(settings, tmp_path)
+    listener_id = conf.hl7.listener_id
+    first, last, later = make_message("S-1"), make_message("S-3"), make_message("S-4")
+    huge = make_message("S-2", body="NTE|1||" + "x" * 3_000_000)
+
+    def raw(value: bytes) -> Record:
+        headers = [("fhirbus.listener_id", listener_id.encode())]
+        return Record(RAW_HL7, listener_id.encode(), value, headers)
+
+    spool = Spool(conf.hl7.spool_path)  # type: ignore[arg-type]
+    spool.start()
+    for value in (first, huge, last):
+        spool.append("raw", raw(value), None).result(10)
+    spool.close()
+    spool = Spool(conf.hl7.spool_path)  # type: ignore[arg-type]
+    with running_listener(conf, spool=spool) as listener, MllpConnection(listener.port) as conn:
+        assert ack_code(conn.send(later)) == "AA"  # spool mode: queued behind the backlog
+        wait_for(lambda: listener.call(lambda: listener.app.listener.sink.backlog) == 0, 30)
+        records = topic_records(embedded_stack.bootstrap, RAW_HL7, listener_id, 3)
+        refused = spool.read_refused().result(10)
+        counts = listener.counts
+    # The row after the refused one was confirmed in the first batch, but behind a failure,
+    # so it is sent again (the forwarder's documented duplicate); first copies in order.
+    values = [v for v, _ in records]
+    assert list(dict.fromkeys(values)) == [first, last, later] and len(values) <= 4
+    assert [(r.record.value, r.reason) for r in refused] == [(huge, "MSG_SIZE_TOO_LARGE")]
+    assert counts["refused"] == 1 and counts["forwarded"] == 3

@@ -197,3 +197,83 @@ def test_dedup_window() -> None:
     for i, key in enumerate("xyz"):
         bounded.add(key, float(i))
     assert not bounded.seen("x", 2.0) and bounded.seen("z", 2.0)
+
+
+def too_large() -> DeliveryError:
+    return DeliveryError(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+
+
+def test_a_record_the_broker_refuses_for_good_is_moved_aside_and_the_rest_flow(
+    spool: Spool,
+) -> None:
+    """Regression: a permanently refused row used to stall the forwarder forever."""
+
+    async def run() -> None:
+        producer = FakeProducer()
+        sink = DurableSink(producer, spool, backlog=3)  # type: ignore[arg-type]
+        for i in range(3):
+            spool.append("raw", rec(i), None).result(5)
+        metrics = ListenerMetrics("t", "f", lambda: sink.backlog)
+        forwarder = Forwarder(sink, spool, metrics, backoff_min_s=0.01)
+        task = asyncio.create_task(forwarder.run())
+        await settle(lambda: len(producer.sent) == 3)
+        # In a batch a refusal is not trusted yet: the row is probed alone first.
+        producer.sent[0][1].set_exception(too_large())
+        producer.sent[1][1].set_result(None)
+        producer.sent[2][1].set_result(None)
+        await settle(lambda: len(producer.sent) == 4)
+        assert producer.sent[3][0] == b"MSH|0" and spool.depth().result(5) == 3
+        producer.sent[3][1].set_exception(too_large())  # alone, refused again: for good
+        await settle(lambda: len(producer.sent) >= 5)
+        producer.auto_ok = True
+        producer.resolve_all(ok=True)
+        await settle(lambda: not sink.spooling)
+        task.cancel()
+        assert [v for v, _ in producer.sent[4:]] == [b"MSH|1", b"MSH|2"]
+        refused = spool.read_refused().result(5)
+        assert [(r.record, r.reason) for r in refused] == [(rec(0), "MSG_SIZE_TOO_LARGE")]
+        assert metrics.counts["refused"] == 1 and metrics.counts["forwarded"] == 2
+        assert spool.depth().result(5) == 0
+
+    asyncio.run(run())
+
+
+def test_a_refusal_that_is_not_the_records_own_keeps_the_row(spool: Spool) -> None:
+    """A timeout or a fatal producer error says nothing about the record: it stays."""
+
+    async def run() -> None:
+        producer = FakeProducer()
+        sink = DurableSink(producer, spool, backlog=1)  # type: ignore[arg-type]
+        spool.append("raw", rec(7), None).result(5)
+        forwarder = Forwarder(sink, spool, ListenerMetrics("t", "f", lambda: 0), backoff_min_s=0.01)
+        task = asyncio.create_task(forwarder.run())
+        for n, code in enumerate((KafkaError._MSG_TIMED_OUT, KafkaError._FATAL), start=1):
+            await settle(lambda n=n: len(producer.sent) == n)  # type: ignore[misc]
+            producer.sent[-1][1].set_exception(DeliveryError(KafkaError(code)))
+        await settle(lambda: len(producer.sent) == 3)
+        assert spool.depth().result(5) == 1 and spool.read_refused().result(5) == []
+        producer.auto_ok = True
+        producer.resolve_all(ok=True)
+        await settle(lambda: not sink.spooling)
+        task.cancel()
+
+    asyncio.run(run())
+
+
+def test_seen_window_written_by_an_older_version_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE seen (k TEXT PRIMARY KEY, at REAL NOT NULL)")
+    conn.execute("INSERT INTO seen VALUES ('old', 5.0)")
+    conn.commit()
+    conn.close()
+    spool = Spool(path)
+    spool.start()
+    try:
+        spool.remember(["new1", "new2"]).result(5)
+        entries = spool.seen_since(0).result(5)
+        assert [k for k, _ in entries] == ["old", "new1", "new2"]
+        assert spool.prune_seen(1e12).result(5) == 3
+        assert spool.seen_since(0).result(5) == []
+    finally:
+        spool.close()
