@@ -71,11 +71,19 @@ class ListenerApp:
         # background_poll=False: the listener's own poll thread serves the delivery
         # reports (delivery.py); a second poller would take half of them, each then
         # crossing back to the loop on its own.
-        self.producer = producer or Producer(
-            listener_producer_config(settings), trace_propagation=False, background_poll=False
+        self.producer = producer or self._new_producer()
+        self.listener = MllpListener(
+            self.conf,
+            self.producer,
+            self.spool,
+            new_producer=self._new_producer if self._own_producer else None,
         )
-        self.listener = MllpListener(self.conf, self.producer, self.spool)
         self.server = MllpServer(self.conf, self.listener.handle)
+
+    def _new_producer(self) -> Producer:
+        return Producer(
+            listener_producer_config(self.settings), trace_propagation=False, background_poll=False
+        )
 
     async def start(self) -> tuple[str, int]:
         await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
@@ -92,6 +100,8 @@ class ListenerApp:
         await self.listener.stop()
         loop = asyncio.get_running_loop()
         if self._own_producer:
-            await loop.run_in_executor(None, self.producer.close, grace_s)
+            # The producer in use now: a fatal error may have replaced the first one.
+            producer = self.listener.delivery.producer
+            await loop.run_in_executor(None, producer.close, grace_s)
         await loop.run_in_executor(None, self.spool.close)
         log.info("mllp listener stopped", extra=dict(self.listener.metrics.counts))

@@ -19,6 +19,13 @@ no wake-up is already pending: under load one wake-up carries many reports, wher
 report once cost about a third of the listener's CPU. Same durability contract as
 before: a future resolves only on the broker's delivery report, and failures raise
 ``DeliveryError`` with its retriable flag.
+
+A fatal producer error (an idempotent producer that lost sequence sync with the broker,
+say) makes every later produce fail, so without a new producer the listener would spool
+everything from then on and the forwarder could never drain it. With a ``recreate``
+factory the poll thread swaps in a new producer as soon as it sees one; the old one is
+flushed and destroyed on a thread of its own, its remaining reports (failures: those
+messages are spooled, so a duplicate is possible, never a loss) settled as usual.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -41,12 +49,30 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.1
 # Local queue full: wait this long for reports to make room, then produce again.
 _QUEUE_FULL_S = 0.001
+# A replaced producer gets this long to report its last records before it is destroyed;
+# above any broker confirm timeout (its delivery.timeout.ms), so every record reports.
+_RETIRE_S = 30.0
 Report = tuple[asyncio.Future[None], KafkaError | None]
 
 
+def is_fatal(error: KafkaError) -> bool:
+    """The producer is unusable: librdkafka's fatal error, or a produce refused for it."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
 class AsyncDelivery:
-    def __init__(self, producer: Producer) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        recreate: Callable[[], Producer] | None = None,
+        on_recreate: Callable[[], None] | None = None,
+    ) -> None:
+        self._producer = producer
         self._raw = producer.raw
+        self._recreate = recreate
+        self._on_recreate = on_recreate
+        self._fatal = False  # set from any thread; the poll thread acts on it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._poll_ident: int | None = None
@@ -55,6 +81,11 @@ class AsyncDelivery:
         # True from a wake-up being scheduled until the loop starts draining: the poll
         # thread schedules another only after that, so none is lost and few are made.
         self._wake_pending = False
+
+    @property
+    def producer(self) -> Producer:
+        """The producer in use now (a fatal error replaces it)."""
+        return self._producer
 
     def start(self) -> None:
         """Start the poll thread; settle reports on the running loop (call on its thread)."""
@@ -90,6 +121,8 @@ class AsyncDelivery:
                 # Local queue full: the poll thread serves reports and makes room.
                 await asyncio.sleep(_QUEUE_FULL_S)
             except KafkaException as exc:
+                if is_fatal(exc.args[0]):
+                    self._fatal = True
                 raise DeliveryError(exc.args[0]) from None
         await future
 
@@ -98,6 +131,8 @@ class AsyncDelivery:
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             reports.append((future, err))
+            if err is not None and err.fatal():
+                self._fatal = True
             if threading.get_ident() != self._poll_ident:
                 # Served by someone else's poll or flush (the producer's close at
                 # shutdown): nobody else will wake the loop for this one.
@@ -107,15 +142,45 @@ class AsyncDelivery:
 
     def _run(self) -> None:
         self._poll_ident = threading.get_ident()
-        poll, reports, stop = self._raw.poll, self._reports, self._stop
+        reports, stop = self._reports, self._stop
         while not stop.is_set():
             try:
-                poll(_POLL_S)
+                self._raw.poll(_POLL_S)
+            except KafkaException as exc:
+                # librdkafka raises its fatal error from poll once, when it happens.
+                if is_fatal(exc.args[0]):
+                    self._fatal = True
+                else:
+                    log.exception("producer poll failed")
             except Exception:
                 # Keep polling: a report never served would leave its sender without an ACK.
                 log.exception("producer poll failed")
+            if self._fatal:
+                self._replace()
             if reports and not self._wake_pending:
                 self._wake()
+
+    def _replace(self) -> None:
+        """On the poll thread: a new producer for a fatally failed one."""
+        self._fatal = False
+        if self._recreate is None:
+            log.error("producer hit a fatal error and cannot be replaced; restart the listener")
+            return
+        old = self._producer
+        try:
+            new = self._recreate()
+        except Exception:
+            log.exception("could not create a new producer; trying again")
+            self._fatal = True
+            self._stop.wait(1.0)
+            return
+        self._producer, self._raw = new, new.raw
+        log.error("producer hit a fatal error; replaced by a new one")
+        if self._on_recreate is not None:
+            self._on_recreate()
+        threading.Thread(
+            target=_retire, args=(old,), name="mllp-producer-retire", daemon=True
+        ).start()
 
     def _wake(self) -> None:
         loop = self._loop
@@ -141,3 +206,14 @@ class AsyncDelivery:
                 future.set_result(None)
             else:
                 future.set_exception(DeliveryError(err))
+
+
+def _retire(producer: Producer) -> None:
+    """Flush (its reports come in as failures, settled on the loop) and destroy."""
+    try:
+        left = producer.close(_RETIRE_S)
+    except Exception:
+        log.warning("closing a replaced producer failed", exc_info=True)
+        return
+    if left:
+        log.error("replaced producer closed with records unreported", extra={"records": left})

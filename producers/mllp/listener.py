@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from opentelemetry import context, trace
@@ -39,13 +40,23 @@ Outcome = tuple[str, AckError | None]
 
 
 class MllpListener:
-    def __init__(self, conf: Hl7ListenerSettings, producer: Producer, spool: Spool) -> None:
+    def __init__(
+        self,
+        conf: Hl7ListenerSettings,
+        producer: Producer,
+        spool: Spool,
+        *,
+        new_producer: Callable[[], Producer] | None = None,
+    ) -> None:
         self.conf = conf
         self._spool = spool
         self._policy = Policy(frozenset(conf.supported_versions))
-        self.delivery = AsyncDelivery(producer)
-        self.sink = DurableSink(self.delivery, spool)
         self.metrics = ListenerMetrics(conf.listener_id, conf.feed, lambda: self.sink.backlog)
+        # new_producer: how to replace the producer after a fatal error (delivery.py).
+        self.delivery = AsyncDelivery(
+            producer, recreate=new_producer, on_recreate=self.metrics.producer_recreated
+        )
+        self.sink = DurableSink(self.delivery, spool)
         self.dedup = DedupWindow(conf.duplicate_window_s)
         self._forwarder = Forwarder(self.sink, spool, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []

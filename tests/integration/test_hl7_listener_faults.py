@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhirbus.embedded.broker import EmbeddedStack
+from fhirbus.embedded.mock_cluster import ApiKey
 from fhirbus.producers.mllp.intake import Record
 from fhirbus.producers.mllp.spool import Spool
 from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
@@ -148,3 +149,31 @@ def test_a_spooled_record_the_broker_refuses_for_good_does_not_stall_the_spool(
     assert list(dict.fromkeys(values)) == [first, last, later] and len(values) <= 4
     assert [(r.record.value, r.reason) for r in refused] == [(huge, "MSG_SIZE_TOO_LARGE")]
     assert counts["refused"] == 1 and counts["forwarded"] == 3
+
+
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+
+
+def test_a_fatal_producer_error_replaces_the_producer(
+    settings: Settings, embedded_stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Regression: after a fatal idempotent-producer error every produce failed for good,
+    so every message was spooled and the forwarder never drained the spool."""
+    sent = [make_message(f"P-{i}") for i in range(4)]
+    conf = listener_settings(settings, tmp_path)
+    with running_listener(conf) as listener, MllpConnection(listener.port) as conn:
+        first_producer = listener.app.listener.delivery.producer
+        assert ack_code(conn.send(sent[0])) == "AA"
+        # The broker answers the next produce with a sequence error: librdkafka's idempotent
+        # producer treats that as fatal. The message is spooled (AA), not lost.
+        embedded_stack.push_request_errors(ApiKey.PRODUCE, [OUT_OF_ORDER_SEQUENCE_NUMBER])
+        assert ack_code(conn.send(sent[1])) == "AA"
+        wait_for(lambda: listener.counts.get("producer_recreated", 0) == 1, 30)
+        for message in sent[2:]:
+            assert ack_code(conn.send(message)) == "AA"
+        wait_for(lambda: listener.call(lambda: listener.app.listener.sink.backlog) == 0, 30)
+        assert listener.app.listener.delivery.producer is not first_producer
+        records = topic_records(embedded_stack.bootstrap, RAW_HL7, listener.listener_id, 4)
+        counts = listener.counts
+    assert [v for v, _ in records] == sent
+    assert counts["accepted"] == 4 and counts["producer_recreated"] == 1
