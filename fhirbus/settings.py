@@ -157,6 +157,14 @@ class SupervisorSettings(BaseModel):
     stop_timeout_s: float = Field(30.0, gt=0)
 
 
+# librdkafka properties fhirbus sets for correctness (or that have a setting of their own);
+# FHIRBUS_KAFKA_EXTRA may tune anything else.
+KAFKA_GUARANTEED_KEYS = frozenset({
+    "bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store",
+    "isolation.level", "enable.idempotence", "acks", "request.required.acks",
+})
+
+
 class Settings(BaseSettings):
     """Every setting has an environment variable: ``FHIRBUS_<NAME>``, nested with ``__``."""
 
@@ -202,6 +210,18 @@ class Settings(BaseSettings):
         if not all(_HOSTPORT.match(p) for p in parts):
             raise ValueError("expected host:port[,host:port...]")
         return ",".join(parts)
+
+    @field_validator("kafka_extra")
+    @classmethod
+    def _extra_keeps_guarantees(cls, value: dict[str, str]) -> dict[str, str]:
+        # Extras tune librdkafka and win over fhirbus's tuning defaults; these keys carry
+        # the platform's delivery promises (or have their own setting), so they are refused
+        # here rather than silently ignored or silently weakened.
+        fixed = sorted(k for k in value if k in KAFKA_GUARANTEED_KEYS)
+        if fixed:
+            raise ValueError(f"may not set {', '.join(fixed)}: fhirbus fixes these "
+                             "(durability and offset guarantees, or a setting of their own)")
+        return value
 
     @field_validator("schema_registry_url")
     @classmethod

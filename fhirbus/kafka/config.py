@@ -54,18 +54,23 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def _tuned(settings: Settings, conf: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """fhirbus's tuning defaults, under the operator's FHIRBUS_KAFKA_EXTRA (which the
+    settings already keep away from the guaranteed keys)."""
+    for key, value in defaults.items():
+        if key not in settings.kafka_extra:
+            conf[key] = value
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Durable by default: idempotent, acks from all in-sync replicas, compressed batches."""
     conf = client_config(settings)
-    conf.update(
-        {
-            "enable.idempotence": True,
-            "acks": "all",
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "delivery.timeout.ms": 120_000,
-        }
-    )
+    conf.update({"enable.idempotence": True, "acks": "all"})
+    _tuned(settings, conf, {
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "delivery.timeout.ms": 120_000,
+    })
     conf.update(overrides)
     return conf
 
@@ -73,20 +78,21 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Offsets are stored by the runtime after the effect, never automatically."""
     conf = client_config(settings)
-    conf.update(
-        {
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": settings.runtime.session_timeout_ms,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # An idle partition's fetch returns after this long; Kafka's 500 ms default
-            # would be added to the first record after a quiet spell at every stage.
-            "fetch.wait.max.ms": 100,
-        }
-    )
+    conf.update({
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+    })
+    _tuned(settings, conf, {
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.runtime.session_timeout_ms,
+        "partition.assignment.strategy": "cooperative-sticky",
+        # A real broker answers a waiting fetch as soon as data arrives; this bounds the
+        # wait on an idle partition. (librdkafka's mock cluster, the embedded broker, does
+        # not answer early: there every stage waits this long, so tune it down there.)
+        "fetch.wait.max.ms": 100,
+    })
     conf.update(overrides)
     return conf
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhirbus.cli import main
-from fhirbus.kafka.config import NoBrokerError, client_config, producer_config
+from fhirbus.kafka.config import NoBrokerError, client_config, consumer_config, producer_config
 from fhirbus.settings import ConfigError, load_settings
 
 
@@ -87,3 +87,26 @@ def test_cli_exits_2_with_the_setting_named(
     monkeypatch.setenv("FHIRBUS_LOG_LEVEL", "LOUD")
     assert main(["topics", "list"]) == 2
     assert "FHIRBUS_LOG_LEVEL" in capsys.readouterr().err
+
+
+def test_kafka_extra_tunes_over_fhirbus_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: consumer_config applied its own fetch.wait.max.ms over the operator's
+    FHIRBUS_KAFKA_EXTRA, so the tuning was silently ignored (on the embedded broker every
+    stage then waited the full 100 ms)."""
+    monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "k1:9093")
+    monkeypatch.setenv("FHIRBUS_KAFKA_EXTRA", '{"fetch.wait.max.ms": "5", "linger.ms": "1"}')
+    settings = load_settings()
+    consumer = consumer_config(settings, "g")
+    producer = producer_config(settings)
+    assert consumer["fetch.wait.max.ms"] == "5" and producer["linger.ms"] == "1"
+    assert consumer["enable.auto.commit"] is False and producer["acks"] == "all"
+    assert producer_config(settings, **{"linger.ms": 20})["linger.ms"] == 20  # code wins
+
+
+@pytest.mark.parametrize("key", ["acks", "enable.auto.commit", "isolation.level",
+                                 "bootstrap.servers"])
+def test_kafka_extra_may_not_weaken_guarantees(monkeypatch: pytest.MonkeyPatch,
+                                               key: str) -> None:
+    monkeypatch.setenv("FHIRBUS_KAFKA_EXTRA", f'{{"{key}": "1"}}')
+    with pytest.raises(ConfigError, match=f"(?s)FHIRBUS_KAFKA_EXTRA.*may not set {key}"):
+        load_settings()
