@@ -8,10 +8,12 @@ and from each other's GIL; the figures include what they cost, so a busy client 
 senders are this file's own socket code, not the listener's.
 
   .venv/bin/python bench/mllp_listener.py [--seconds 10] [--senders 8] [--rate 1000]
-                                          [--processes 2]
+                                          [--processes 2] [--parser-seconds 1]
 
 Targets (issue 3): >= 5,000 accepted msg/s with 8 senders; p99 ACK latency <= 20 ms at a
-steady 1,000 msg/s. Parser speed against hl7apy/python-hl7: bench/hl7_parser.py.
+steady 1,000 msg/s. After the listener has stopped, the same run times the parser against
+hl7apy and python-hl7 on the same corpus messages (bench/hl7_parser.py's method, with a
+shorter budget; --parser-seconds 0 skips it; that script alone gives the fuller figures).
 """
 
 from __future__ import annotations
@@ -219,6 +221,9 @@ def main() -> int:
     ap.add_argument(
         "--processes", type=int, default=2, help="sender processes (senders are threads in them)"
     )
+    ap.add_argument(
+        "--parser-seconds", type=float, default=1.0, help="budget per fast parser; 0 = skip"
+    )
     args = ap.parse_args()
     # Imported here, not at the top: the sender processes import this file and need neither.
     from fhirbus.embedded.broker import EmbeddedStack
@@ -260,8 +265,27 @@ def main() -> int:
         f"max={lat[-1] * 1000:.1f} ms  mean={statistics.fmean(lat) * 1000:.2f} ms"
         "   target p99 <= 20 ms"
     )
-    print("parser speed vs hl7apy / python-hl7: .venv/bin/python bench/hl7_parser.py")
+    if args.parser_seconds > 0:
+        parser_comparison(args.parser_seconds)
     return 0
+
+
+def parser_comparison(budget: float) -> None:
+    """Our parser beside python-hl7 and hl7apy on the same corpus messages, in this run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import hl7_parser as hp
+
+    messages, hl7apy_rate = hp.hl7apy_pass(hp.load(hp.DEFAULT_CORPUS))
+    if not messages:
+        print(f"parser: no usable corpus messages under {hp.DEFAULT_CORPUS}")
+        return
+    ours = hp.measure(hp.ours, [text for text, _ in messages], budget)
+    python_hl7 = hp.measure(hp.python_hl7, [cr for _, cr in messages], budget)
+    print(
+        f"parser, {len(messages)} corpus messages: fhirbus.hl7 {ours:,.0f} msg/s, "
+        f"python-hl7 {python_hl7:,.0f}, hl7apy {hl7apy_rate:,.0f} "
+        f"({ours / python_hl7:,.0f}x / {ours / hl7apy_rate:,.0f}x)"
+    )
 
 
 if __name__ == "__main__":
