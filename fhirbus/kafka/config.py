@@ -89,9 +89,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "session.timeout.ms": settings.runtime.session_timeout_ms,
         "partition.assignment.strategy": "cooperative-sticky",
         # A real broker answers a waiting fetch as soon as data arrives; this bounds the
-        # wait on an idle partition. (librdkafka's mock cluster, the embedded broker, does
-        # not answer early: there every stage waits this long, so tune it down there.)
-        "fetch.wait.max.ms": 100,
+        # wait on an idle partition. The embedded broker (librdkafka's mock cluster) never
+        # answers early, so there every stage would wait the full time: poll it often.
+        "fetch.wait.max.ms": 10 if settings.uses_embedded_broker else 100,
     })
     conf.update(overrides)
     return conf

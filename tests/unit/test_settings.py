@@ -8,7 +8,7 @@ import pytest
 
 from fhirbus.cli import main
 from fhirbus.kafka.config import NoBrokerError, client_config, consumer_config, producer_config
-from fhirbus.settings import ConfigError, load_settings
+from fhirbus.settings import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +110,11 @@ def test_kafka_extra_may_not_weaken_guarantees(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("FHIRBUS_KAFKA_EXTRA", f'{{"{key}": "1"}}')
     with pytest.raises(ConfigError, match=f"(?s)FHIRBUS_KAFKA_EXTRA.*may not set {key}"):
         load_settings()
+
+
+def test_embedded_broker_fetches_are_short(settings: Settings,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mock cluster holds a fetch for fetch.wait.max.ms even when data arrives."""
+    assert consumer_config(settings, "g")["fetch.wait.max.ms"] == 10
+    monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "k1:9093")
+    assert consumer_config(load_settings(), "g")["fetch.wait.max.ms"] == 100
