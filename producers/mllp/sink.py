@@ -59,7 +59,9 @@ class DurableSink:
         if self.backlog > 0:
             return await self._to_spool(record, kind, seen_key)
         try:
-            await self.publish(record)
+            # The delivery directly, not self.publish: one coroutine frame fewer to resume
+            # for every message.
+            await self._delivery.publish(record)
         except DeliveryError as exc:
             log.warning(
                 "broker did not confirm; spooling",
