@@ -41,19 +41,20 @@ def listener_producer_config(settings: Settings) -> dict[str, Any]:
     granularity, so a linger of 0.5 ms held every record about 1.1 ms before it was sent
     (measured), and an ACK waits for the broker: with senders that wait for each ACK, that
     was most of the round trip and capped throughput. Under load records still batch, in
-    the queue behind the requests in flight.
+    the queue behind the requests in flight. It is a tuning value, so an operator's
+    FHIRBUS_KAFKA_EXTRA linger.ms wins over it, as over the other tuning defaults; the
+    timeouts and the size limit carry the listener's own promises and always apply.
     """
     conf = settings.hl7
     timeout_ms = max(1, int(conf.broker_confirm_timeout_s * 1000))
-    return producer_config(
-        settings,
-        **{
-            "linger.ms": 0,
-            "delivery.timeout.ms": timeout_ms,
-            "request.timeout.ms": timeout_ms,
-            "message.max.bytes": max(1_000_000, conf.max_message_bytes + _RECORD_HEADROOM),
-        },
-    )
+    overrides: dict[str, Any] = {
+        "delivery.timeout.ms": timeout_ms,
+        "request.timeout.ms": timeout_ms,
+        "message.max.bytes": max(1_000_000, conf.max_message_bytes + _RECORD_HEADROOM),
+    }
+    if "linger.ms" not in settings.kafka_extra:
+        overrides["linger.ms"] = 0
+    return producer_config(settings, **overrides)
 
 
 class ListenerApp:

@@ -114,7 +114,8 @@ def test_a_fatal_error_swaps_the_producer_and_settles_the_old_ones_reports() -> 
             # The in-flight record reports as failed when the old producer is closed.
             with pytest.raises(DeliveryError):
                 await in_flight
-            assert made == [new] and replaced == [1] and old.closed.is_set()
+            await until(old.closed.is_set)  # closed on a thread of its own
+            assert made == [new] and replaced == [1]
             assert delivery.producer is new
             after = asyncio.create_task(delivery.publish(RECORD))
             await until(lambda: len(new.raw.pending) == 1)
@@ -140,3 +141,17 @@ def test_a_produce_refused_as_fatal_also_swaps_the_producer() -> None:
             await delivery.stop()
 
     asyncio.run(run())
+
+
+def test_listener_linger_is_zero_unless_the_operator_tunes_it() -> None:
+    from fhirbus.producers.mllp.app import listener_producer_config
+    from fhirbus.settings import Settings
+
+    base = Settings(kafka_bootstrap="localhost:9092")
+    conf = listener_producer_config(base)
+    assert conf["linger.ms"] == 0 and conf["acks"] == "all" and conf["enable.idempotence"]
+    assert conf["delivery.timeout.ms"] == conf["request.timeout.ms"] == 2000
+    tuned = listener_producer_config(
+        base.model_copy(update={"kafka_extra": {"linger.ms": "2"}})
+    )
+    assert tuned["linger.ms"] == "2" and tuned["delivery.timeout.ms"] == 2000
