@@ -50,19 +50,20 @@ def _complex_fields(model: Any) -> dict[str, _Field]:
     """JSON key -> complex element field of a resource model (primitives are cheap: skipped)."""
     out: dict[str, _Field] = {}
     for name, info in model.model_fields.items():
-        element = _element_model(info.annotation)
+        element = element_model(info.annotation)
         if element is not None and getattr(element, "__resource_type__", None) not in (
                 None, "Resource", "DomainResource"):
             out[info.alias or name] = _Field(name, element, _is_list(info.annotation))
     return out
 
 
-def _element_model(annotation: Any) -> Any:
+def element_model(annotation: Any) -> Any:
+    """The fhir.resources model class a field annotation holds (through Optional/List)."""
     getter = getattr(annotation, "get_model_klass", None)
     if getter is not None:
         return getter()
     for arg in typing.get_args(annotation):
-        found = _element_model(arg)
+        found = element_model(arg)
         if found is not None:
             return found
     return None

@@ -9,6 +9,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from ..validate import element_model
 from . import convert, paths
 from .spec import ElementRule, IdentifierRule, TableMappingFile
 
@@ -101,19 +102,12 @@ def _is_code(resource: str, path: str) -> bool:
         if isinstance(step, int):
             continue
         if annotation is not None:
-            model = _element_model(annotation)
+            model = element_model(annotation)
         fields = {f.alias or n: f for n, f in model.model_fields.items()} if model else {}
         if step not in fields:
             return False  # the loader's own check names a bad path
         annotation = fields[step].annotation
     return any(type(m).__name__ == "Code" for m in _metadata(annotation))
-
-
-def _element_model(annotation: Any) -> Any:
-    getter = getattr(annotation, "get_model_klass", None)
-    if getter is not None:
-        return getter()
-    return next((m for m in map(_element_model, typing.get_args(annotation)) if m), None)
 
 
 def _metadata(annotation: Any) -> list[Any]:
