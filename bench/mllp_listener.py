@@ -186,10 +186,12 @@ def steady(
     return sorted(x for lat in results for x in lat)
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process so far (Linux /proc), None elsewhere."""
+def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """User + system CPU of a process (or one of its threads) so far (Linux /proc), None
+    elsewhere."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -238,10 +240,12 @@ def main() -> int:
         try:
             Sender(port).send(with_control_id(raw, "warmup"))
             before, cpu0 = raw_topic_count(stack.bootstrap), cpu_seconds(proc.pid)
+            # The event loop runs on the process's main thread (its tid is the pid).
+            loop0 = cpu_seconds(proc.pid, proc.pid)
             ok, bad, elapsed, sender_cpu = throughput(
                 port, args.senders, args.seconds, raw, args.processes
             )
-            cpu1 = cpu_seconds(proc.pid)
+            cpu1, loop1 = cpu_seconds(proc.pid), cpu_seconds(proc.pid, proc.pid)
             published = raw_topic_count(stack.bootstrap) - before
             lat = steady(port, args.rate, args.seconds, raw, processes=args.processes)
         finally:
@@ -258,6 +262,12 @@ def main() -> int:
         print(
             f"CPU per message: listener process {(cpu1 - cpu0) / ok * 1e6:.0f} us, "
             f"senders {sender_cpu / ok * 1e6:.0f} us; {os.cpu_count()} CPUs"
+        )
+    if loop0 is not None and loop1 is not None and ok:
+        # The listener's ceiling: one event loop thread does the per-message Python work.
+        print(
+            f"listener event loop thread: {(loop1 - loop0) / ok * 1e6:.0f} us/msg, "
+            f"busy {(loop1 - loop0) / elapsed:.0%} of the run"
         )
     print(
         f"latency at {args.rate:,.0f} msg/s for {args.seconds:.0f}s ({len(lat)} msgs): "
