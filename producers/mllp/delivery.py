@@ -99,6 +99,9 @@ class AsyncDelivery:
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        # From now on every report wakes the loop itself (a later thread may even reuse the
+        # poll thread's id).
+        self._poll_ident = None
         self._drain()
 
     async def publish(self, record: Record) -> None:
