@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from fhirbus import telemetry
 from fhirbus.consumers.canonicalizer import load_site_config
 from fhirbus.consumers.canonicalizer.context import RawRef
 from fhirbus.consumers.canonicalizer.mapper import map_message
@@ -107,6 +108,12 @@ def bench_runtime(events: list[CanonicalEvent]) -> None:
             tempfile.TemporaryDirectory() as tmp:
         stack.publish(Path(tmp))
         base = load_settings(state_dir=Path(tmp))
+        # As in `fhirbus canonicalize` and `fhirbus project`: SDK tracer and meter providers
+        # (exporter none by default), so events carry a traceparent and the runtime's spans
+        # and metrics cost here what they cost in a projection process. Without it the
+        # API's no-op tracer made every span free and no event carried a trace context.
+        telemetry.configure(load_settings(state_dir=Path(tmp), log_level="WARNING"),
+                            service="bench-projections")
         _publish(base, events)
         for backend in testing.BACKENDS:
             if backend == "postgresql" and testing.pg_available():
