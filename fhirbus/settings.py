@@ -149,6 +149,9 @@ class SupervisorSettings(BaseModel):
     """``fhirbus up``: which processes it starts and how it restarts them."""
 
     with_cdc: Literal["auto", "yes", "no"] = "auto"  # auto = when PostgreSQL is reachable
+    # Canonicalizer processes in its consumer group: the stage that costs most CPU per
+    # message (FHIR validation) scales out by raw-topic partition, one process per core.
+    canonicalizers: int = Field(1, ge=1, le=64)
     reconcile_every_s: float = Field(60.0, gt=0)
     restart_backoff_initial_s: float = Field(1.0, gt=0)
     restart_backoff_max_s: float = Field(30.0, gt=0)

@@ -82,8 +82,10 @@ def build_plan(settings: Settings, cdc: CdcPlan, mllp_port: int) -> Plan:
     specs.append(ProcessSpec("hl7-listener", "listener",
                              ("hl7", "listen", "--host", settings.hl7.host, "--port",
                               str(mllp_port)), ready="listening"))
-    specs.append(ProcessSpec("canonicalizer", "canonicalizer", canonicalizer_argv(cdc),
-                             env=tuple(cdc.env.items()), group=CANONICALIZER_GROUP))
+    for n in range(1, settings.supervisor.canonicalizers + 1):
+        specs.append(ProcessSpec("canonicalizer" if n == 1 else f"canonicalizer-{n}",
+                                 "canonicalizer", canonicalizer_argv(cdc),
+                                 env=tuple(cdc.env.items()), group=CANONICALIZER_GROUP))
     secret, note = analytics_secret(settings)
     if note:
         notes["analytics"] = note

@@ -69,6 +69,15 @@ def test_plan_processes_and_the_analytics_key(settings: Settings) -> None:
         dict(by_name["projection-analytics"].env)
 
 
+def test_canonicalizers_scale_out_in_one_group(settings: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIRBUS_SUPERVISOR__CANONICALIZERS", "3")
+    plan = build_plan(load_settings(), CdcPlan(False, "off"), mllp_port=40001)
+    canon = [s for s in plan.specs if s.kind == "canonicalizer"]
+    assert [s.name for s in canon] == ["canonicalizer", "canonicalizer-2", "canonicalizer-3"]
+    assert {s.group for s in canon} == {"fhirbus-canonicalizer"}
+
+
 def test_a_busy_port_is_refused_with_what_to_do() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
