@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from .framing import Frame, MllpDecoder
 
@@ -40,8 +41,9 @@ class MllpConnection(asyncio.Protocol):
 
     # asyncio.Protocol callbacks.
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream server hands a read/write transport; uvloop's is one without subclassing
+        # asyncio.Transport, so this is a cast, not an isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
