@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Protocol
 
+from opentelemetry import context as otel_context
+
+from fhirbus import telemetry
 from fhirbus.kafka.producer import DeliveryError, Producer
 
 from .errors import DownstreamUnavailable, PermanentError, TransientError
@@ -36,16 +39,31 @@ class KafkaSink:
         self._timeout = flush_timeout_s
 
     def apply(self, records: Sequence[Record], positions: dict[TopicPartition, int]) -> None:
-        futures = [
-            self._producer.send(e.topic, e.value, e.key, e.headers)
-            for record in records
-            for e in record.effects
-            if isinstance(e, Publish)
-        ]
+        futures: list[Future] = []
+        send = self._producer.send
+        for record in records:
+            publishes = [e for e in record.effects if isinstance(e, Publish)]
+            if not publishes:
+                continue
+            # Effects are sent after the handler, outside the record's consumer span: their
+            # PRODUCER spans continue the trace the record arrived with, so one HL7 message
+            # is one trace from the listener to every read model.
+            headers = record.headers
+            token = otel_context.attach(telemetry.extract(headers)) if _traced(headers) \
+                else None
+            try:
+                futures += [send(e.topic, e.value, e.key, e.headers) for e in publishes]
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
         confirm(self._producer, futures, self._timeout)
 
     def stored_positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {}
+
+
+def _traced(headers: Sequence[tuple[str, bytes | None]]) -> bool:
+    return any(k == "traceparent" for k, _ in headers)
 
 
 def confirm(producer: Producer, futures: list[Future], timeout_s: float) -> None:

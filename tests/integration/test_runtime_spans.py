@@ -154,3 +154,25 @@ def test_spans_are_recorded_only_by_a_provider_with_a_processor(
     assert spans_module.spans_recorded()
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
     assert not spans_module.spans_recorded()
+
+
+def test_published_effects_continue_the_trace_of_their_record(
+    embedded_stack: EmbeddedStack, settings: Settings, unique: str, spans: InMemorySpanExporter
+) -> None:
+    """Regression: effects were sent after the handler with no current context, so every
+    canonical event started a new trace instead of continuing its raw record's."""
+    from fhirbus.consumers.records import Publish
+
+    topic, out = f"chain-{unique}", f"chain-out-{unique}"
+    embedded_stack.create_topic(topic, 2)
+    _produce(settings, topic, 10)
+
+    def handler(record: Record) -> list[Publish]:
+        return [Publish(out, orjson.dumps(record.value), str(record.value["id"]))] * 2
+
+    _run(settings, topic, unique, handler, n=10)
+    incoming = {s.context.trace_id for s in _of(spans, topic, SpanKind.PRODUCER)}
+    published = read_all(embedded_stack.bootstrap, out, 20)
+    traces = {int(headers_of(m)["traceparent"].split("-")[1], 16) for m in published}
+    assert len(incoming) == 10 and traces == incoming
+    assert {s.context.trace_id for s in _of(spans, out, SpanKind.PRODUCER)} == incoming
