@@ -37,7 +37,7 @@ from .deadletter import dead_letter
 from .errors import DeserializationError, ErrorClass, classify
 from .metrics import RuntimeMetrics
 from .records import Publish, Record
-from .sinks import KafkaSink, Sink, confirm
+from .sinks import KafkaSink, Sink, confirm, send_in_trace
 from .spans import RecordSpans
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,8 @@ class ConsumerRuntime:
         while True:
             attempts += 1
             try:
-                futures = [self.producer.send(d.topic, d.value, d.key, d.headers) for d in dead]
+                # A dead letter keeps its original's headers: sent in the original's trace.
+                futures = [f for d in dead for f in send_in_trace(self.producer, [d], d.headers)]
                 confirm(self.producer, futures, 60.0)
                 dead = []  # confirmed; a retry below must not write them twice
                 self.sink.apply(outcomes, positions)
@@ -335,7 +336,7 @@ class ConsumerRuntime:
                 if classify(exc) is not ErrorClass.PERMANENT:
                     raise
                 d = self._dead_letter(rec, exc, ErrorClass.PERMANENT, 1, datetime.now(UTC))
-                confirm(self.producer, [self.producer.send(d.topic, d.value, d.key, d.headers)], 60)
+                confirm(self.producer, send_in_trace(self.producer, [d], d.headers), 60)
         self.sink.apply([], positions)
 
     def _commit(self, positions: dict[tuple[str, int], int]) -> None:

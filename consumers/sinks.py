@@ -40,30 +40,29 @@ class KafkaSink:
 
     def apply(self, records: Sequence[Record], positions: dict[TopicPartition, int]) -> None:
         futures: list[Future] = []
-        send = self._producer.send
         for record in records:
             publishes = [e for e in record.effects if isinstance(e, Publish)]
-            if not publishes:
-                continue
-            # Effects are sent after the handler, outside the record's consumer span: their
-            # PRODUCER spans continue the trace the record arrived with, so one HL7 message
-            # is one trace from the listener to every read model.
-            headers = record.headers
-            token = otel_context.attach(telemetry.extract(headers)) if _traced(headers) \
-                else None
-            try:
-                futures += [send(e.topic, e.value, e.key, e.headers) for e in publishes]
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
+            if publishes:
+                futures += send_in_trace(self._producer, publishes, record.headers)
         confirm(self._producer, futures, self._timeout)
 
     def stored_positions(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         return {}
 
 
-def _traced(headers: Sequence[tuple[str, bytes | None]]) -> bool:
-    return any(k == "traceparent" for k, _ in headers)
+def send_in_trace(producer: Producer, publishes: Sequence[Publish],
+                  parent: Sequence[tuple[str, bytes | None]] | None) -> list[Future]:
+    """Send ``publishes`` under the trace context in ``parent`` headers (the record that
+    caused them). Effects and dead letters are sent after the handler, outside the record's
+    consumer span; this keeps their PRODUCER spans in the trace the record arrived with,
+    so one HL7 message is one trace from the listener to every read model."""
+    traced = bool(parent) and any(k == "traceparent" for k, _ in parent)  # type: ignore[union-attr]
+    token = otel_context.attach(telemetry.extract(parent)) if traced else None
+    try:
+        return [producer.send(p.topic, p.value, p.key, p.headers) for p in publishes]
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def confirm(producer: Producer, futures: list[Future], timeout_s: float) -> None:

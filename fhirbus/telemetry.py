@@ -80,11 +80,16 @@ def meter(name: str = "fhirbus") -> metrics.Meter:
 
 
 def inject(headers: Headers | None = None) -> Headers:
-    """Append the current trace context to Kafka headers (W3C traceparent/tracestate)."""
+    """Put the current trace context in Kafka headers (W3C traceparent/tracestate).
+
+    A record carries one trace context: one copied from another record (a dead letter keeps
+    its original's headers) is replaced, not repeated, when there is a current one."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     out = list(headers or [])
-    out.extend((k, v.encode()) for k, v in carrier.items())
+    if carrier:
+        out = [(k, v) for k, v in out if k not in carrier]
+        out.extend((k, v.encode()) for k, v in carrier.items())
     return out
 
 

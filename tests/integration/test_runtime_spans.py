@@ -81,6 +81,11 @@ def test_every_traced_record_gets_a_consumer_span_under_its_producer_span(
     (dead,) = read_all(embedded_stack.bootstrap, f"{topic}-dlq", 1)
     assert orjson.loads(dead.value())["id"] == 7
     assert headers_of(dead)["dlq.trace_id"] == format(failed[0].context.trace_id, "032x")
+    # One trace context, in the original's trace (regression: the original's traceparent
+    # was copied and a second one, of a new trace, appended on publish).
+    parents = [v for k, v in dead.headers() or [] if k == "traceparent"]
+    assert len(parents) == 1
+    assert parents[0].decode().split("-")[1] == format(failed[0].context.trace_id, "032x")
 
 
 def test_the_handler_runs_inside_its_own_records_span(
