@@ -15,6 +15,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {group:30} {_lag(lag)}")
     spool = status["spool"]
     lines += ["", f"listener spool depth: {spool.get('depth', '?')}"
+              + (f", refused by the broker: {spool['refused']} (see the spool's refused "
+                 "table)" if spool.get("refused") else "")
               + (f"  ({spool['error']})" if "error" in spool else "")]
     lines += ["", "dead letters per topic:"]
     if not status["dead_letters"] and not status.get("kafka_error"):

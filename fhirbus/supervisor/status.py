@@ -54,11 +54,16 @@ def _spool(settings: Settings) -> dict[str, Any]:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
         try:
             depth = conn.execute("SELECT count(*) FROM spool").fetchone()[0]
+            # Records the broker refused for good: ops must look (the forwarder moved on).
+            has_refused = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                       "AND name = 'refused'").fetchone()
+            refused = conn.execute("SELECT count(*) FROM refused").fetchone()[0] \
+                if has_refused else 0
         finally:
             conn.close()
     except sqlite3.Error as exc:
         return {"error": f"cannot read the spool {path}: {exc}"}
-    return {"depth": int(depth), "path": str(path)}
+    return {"depth": int(depth), "refused": int(refused), "path": str(path)}
 
 
 def _kafka(settings: Settings) -> tuple[dict[str, Any], dict[str, int], str | None]:
