@@ -31,6 +31,9 @@ from .errors import InvalidFhirResource
 
 # ~1-2 KB per cached model instance: a few MB, enough for a lab catalogue's codes and ranges.
 MEMO_ENTRIES = 8192
+# Elements larger than this (a base64 document, a long narrative) are validated every time
+# and never kept: they rarely repeat, and 8192 of them could hold gigabytes.
+MEMO_MAX_ELEMENT_BYTES = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,8 @@ def _lookup(field: _Field, value: Json, path: tuple[Step, ...], memo: ElementMem
     found = memo.get(key)
     if found is not None:
         return found
-    pending.append((key, path))
+    if len(key[1]) <= MEMO_MAX_ELEMENT_BYTES:
+        pending.append((key, path))
     return _substitute(field.model, value, memo, path, pending)
 
 

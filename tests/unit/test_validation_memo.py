@@ -64,6 +64,16 @@ def test_a_failing_resource_memoizes_nothing() -> None:
     assert len(memo._items) == 0
 
 
+def test_large_elements_are_validated_but_never_kept() -> None:
+    """A base64 attachment must not be held in memory by the memo (8192 of them)."""
+    memo = ElementMemo()
+    note = observation()
+    note["note"] = [{"text": "x" * 10_000}]
+    validate(note, memo)
+    assert all(len(content) <= 2048 for _model, content in memo._items)
+    assert memo.misses >= 1
+
+
 def test_the_memo_is_bounded() -> None:
     memo = ElementMemo(entries=3)
     for n in range(10):
