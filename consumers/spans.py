@@ -37,20 +37,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
 from fhirbus import telemetry
-
-
-def spans_recorded() -> bool:
-    """Whether a span built now would go anywhere.
-
-    The SDK has no public "is anything listening" query: its provider builds, ends and
-    drops spans when no processor is attached. Read its processor list; for a provider we
-    do not know, assume it records (correct, only slower)."""
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return False  # the API's no-op: every span is a NonRecordingSpan
-    active = getattr(provider, "_active_span_processor", None)
-    processors = getattr(active, "_span_processors", None)
-    return processors is None or len(processors) > 0
+from fhirbus.telemetry import spans_recorded
 
 
 def _traced(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:

@@ -103,6 +103,20 @@ def extract(headers: Sequence[tuple[str, bytes | None]] | None) -> Any:
     return propagate.extract(carrier)
 
 
+def spans_recorded() -> bool:
+    """Whether a span built now would go anywhere.
+
+    The SDK has no public "is anything listening" query: its provider builds, ends and
+    drops spans when no processor is attached. Read its processor list; for a provider we
+    do not know, assume it records (correct, only slower)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return False  # the API's no-op: every span is a NonRecordingSpan
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    return processors is None or len(processors) > 0
+
+
 def current_trace_id() -> str | None:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
