@@ -79,7 +79,9 @@ class ConsumerRuntime:
         self.rt: RuntimeSettings = settings.runtime
         self.metrics = RuntimeMetrics(spec.group_id)
         self._owns_producer = producer is None
-        self.producer = producer or Producer(producer_config(settings))
+        # Every send here is confirmed by a flush() on this thread, which serves the delivery
+        # reports; a polling thread would only contend with it for the GIL.
+        self.producer = producer or Producer(producer_config(settings), background_poll=False)
         self.sink = sink or KafkaSink(self.producer)
         conf = consumer_config(settings, spec.group_id, **spec.consumer_overrides)
         conf.setdefault("statistics.interval.ms", 5_000)
