@@ -89,6 +89,12 @@ class ProjectionSettings(BaseModel):
     # Billing: also charge completed orders whose code has a price here (code -> amount).
     billing_order_prices: dict[str, Decimal] = Field(default_factory=dict)
     billing_currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    # Wait for the WAL flush on every read-model commit (PostgreSQL synchronous_commit=on,
+    # SQLite synchronous=FULL). Exactly-once does not need it: positions commit in the same
+    # transaction as the rows, so a power loss drops both together and the lost tail is
+    # applied again from Kafka. Turn it on only if something reads a model as a record of
+    # truth before Kafka could replay it.
+    durable_commits: bool = False
 
 
 class CdcSettings(BaseModel):

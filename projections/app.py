@@ -57,7 +57,7 @@ def dsn_for(name: str, settings: Settings) -> str:
 
 
 def open_for(name: str, settings: Settings) -> Store:
-    return open_store(dsn_for(name, settings))
+    return open_store(dsn_for(name, settings), durable=settings.projections.durable_commits)
 
 
 class Handler:

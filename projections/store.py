@@ -133,18 +133,18 @@ class _SqliteTx:
 class SqliteStore:
     """One connection, WAL journal. ``synchronous=NORMAL`` survives a process kill (the
     case exactly-once must handle); a power loss may drop the last transactions, rows and
-    positions together, which only means redelivery."""
+    positions together, which only means redelivery. ``durable`` asks for FULL."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, durable: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -194,12 +194,18 @@ def _pg(sql: str) -> str:
 
 
 class PostgresStore:
-    """One psycopg connection, reopened after a failure (the runtime retries the batch)."""
+    """One psycopg connection, reopened after a failure (the runtime retries the batch).
+
+    Commits do not wait for the WAL flush (``synchronous_commit=off`` for this session
+    only) unless ``durable``: as with SQLite's NORMAL, a crash of the server may lose the
+    last commits, rows and positions together and never one without the other, so the
+    projection applies them again from Kafka. It saves a WAL flush per batch."""
 
     dialect = "postgresql"
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, durable: bool = False) -> None:
         self.dsn = dsn
+        self.durable = durable
         self._conn: Any = None
         self._lock = threading.Lock()
 
@@ -207,7 +213,11 @@ class PostgresStore:
         import psycopg
 
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.dsn, autocommit=False)
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            if not self.durable:
+                conn.execute("SET synchronous_commit = off")
+            conn.autocommit = False
+            self._conn = conn
         return self._conn
 
     @contextlib.contextmanager
@@ -222,16 +232,16 @@ class PostgresStore:
             self._conn.close()
 
 
-def open_store(dsn: str) -> Store:
+def open_store(dsn: str, durable: bool = False) -> Store:
     """``sqlite:///abs/path.db``, ``sqlite:relative.db``, a plain path, or a PostgreSQL
     URI / conninfo (``postgresql://user@host/db``)."""
     if dsn.startswith(("postgresql://", "postgres://")) or "dbname=" in dsn:
-        return PostgresStore(dsn)
+        return PostgresStore(dsn, durable)
     if dsn.startswith("sqlite:"):
         parsed = urlparse(dsn)
         path = parsed.path if dsn.startswith("sqlite://") else dsn[len("sqlite:") :]
-        return SqliteStore(path)
-    return SqliteStore(dsn)
+        return SqliteStore(path, durable)
+    return SqliteStore(dsn, durable)
 
 
 def describe(dsn: str) -> str:

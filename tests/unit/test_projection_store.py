@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhirbus.projections import positions as pos
+from fhirbus.projections import testing
 from fhirbus.projections.migrations import (
     COMMON,
     MIGRATIONS_TABLE,
@@ -96,3 +97,25 @@ def test_open_store_reads_dsns(tmp_path: Path) -> None:
     sqlite.close()
     assert isinstance(open_store("postgresql://u:pw@db:5433/x"), PostgresStore)
     assert describe("postgresql://u:pw@db:5433/x") == "postgresql://db:5433/x"
+
+
+@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("backend", testing.BACKENDS)
+def test_commits_wait_for_the_wal_flush_only_when_durable(
+        backend: str, tmp_path: Path, durable: bool) -> None:
+    # Positions commit with the rows, so a lost tail is re-applied from Kafka: a read
+    # model does not need a flush per commit unless the operator asks for it.
+    if backend == "postgresql" and (why := testing.pg_available()):
+        pytest.skip(why)
+    with testing.backend_dsn(backend, tmp_path) as dsn:
+        store = open_store(dsn, durable=durable)
+        try:
+            with store.transaction() as tx:
+                if backend == "sqlite":
+                    (mode,), = tx.execute("PRAGMA synchronous")
+                    assert mode == (2 if durable else 1)  # FULL / NORMAL
+                else:
+                    (mode,), = tx.execute("SHOW synchronous_commit")
+                    assert mode == ("on" if durable else "off")
+        finally:
+            store.close()
