@@ -79,6 +79,10 @@ class Hl7ListenerSettings(BaseModel):
 
 class ProjectionSettings(BaseModel):
     """The read models (``fhirbus project ehr|billing|analytics``)."""
+    # Worker processes sharing the port, each with its own event loop and producer (one
+    # process's per-message Python work tops out at one core); they share the spool file and
+    # the retransmission window (producers/mllp/claims.py). 1 = one process, as before.
+    workers: int = Field(1, ge=1, le=32)
 
     # sqlite:///ABS/PATH.sqlite or postgresql://user@host/db; unset = one SQLite file per
     # projection under <state_dir>/projections/.
