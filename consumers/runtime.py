@@ -91,7 +91,6 @@ class ConsumerRuntime:
         self.consumer = Consumer(conf)
         self._stop = threading.Event()
         self._stopping = False
-        self._linger_s = 0.005
         self._decode, self._handler = spec.decode, spec.handler
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
@@ -166,7 +165,7 @@ class ConsumerRuntime:
         first = self.consumer.poll(self.rt.poll_timeout_s)
         if first is None:
             return 0
-        messages = [first, *self.consumer.consume(self.rt.batch_size - 1, self._linger_s)]
+        messages = [first, *self.consumer.consume(self.rt.batch_size - 1, self.rt.batch_linger_s)]
         started = time.perf_counter()
         outcomes: list[Record] = []
         dead: list[Publish] = []

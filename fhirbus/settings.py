@@ -35,6 +35,10 @@ class RuntimeSettings(BaseModel):
 
     batch_size: int = Field(500, ge=1, le=100_000)
     poll_timeout_s: float = Field(0.5, gt=0, le=60)
+    # After a batch's first record, how long to wait for more. 0: take what is already
+    # fetched. Records that arrive while a batch is handled queue up locally, so batches
+    # grow with load anyway; waiting only adds latency when traffic is light.
+    batch_linger_s: float = Field(0.0, ge=0, le=1)
     max_attempts: int = Field(5, ge=1, le=100)
     backoff_initial_ms: int = Field(100, ge=1)
     backoff_max_ms: int = Field(30_000, ge=1)
@@ -75,14 +79,14 @@ class Hl7ListenerSettings(BaseModel):
     # "original": always answer AA/AE/AR. "auto": when a sender values MSH-15/16, answer in
     # enhanced mode (CA/CE/CR) and only when MSH-15 asks for it (NE/ER/SU may mean no reply).
     ack_mode: Literal["original", "auto"] = "original"
-
-
-class ProjectionSettings(BaseModel):
-    """The read models (``fhirbus project ehr|billing|analytics``)."""
     # Worker processes sharing the port, each with its own event loop and producer (one
     # process's per-message Python work tops out at one core); they share the spool file and
     # the retransmission window (producers/mllp/claims.py). 1 = one process, as before.
     workers: int = Field(1, ge=1, le=32)
+
+
+class ProjectionSettings(BaseModel):
+    """The read models (``fhirbus project ehr|billing|analytics``)."""
 
     # sqlite:///ABS/PATH.sqlite or postgresql://user@host/db; unset = one SQLite file per
     # projection under <state_dir>/projections/.

