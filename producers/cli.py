@@ -25,6 +25,9 @@ def register(sub: Any) -> None:
     listen.add_argument("--listener-id", help="listener id (FHIRBUS_HL7__LISTENER_ID)")
     listen.add_argument("--feed", help="feed id, the raw topic key (FHIRBUS_HL7__FEED)")
     listen.add_argument("--spool", type=Path, help="spool file (FHIRBUS_HL7__SPOOL_PATH)")
+    listen.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (FHIRBUS_HL7__WORKERS)"
+    )
     listen.set_defaults(func=_listen)
 
 
@@ -35,6 +38,7 @@ def _with_overrides(args: argparse.Namespace, settings: Settings) -> Settings:
         "listener_id": args.listener_id,
         "feed": args.feed,
         "spool_path": args.spool,
+        "workers": args.workers,
     }
     update = {k: v for k, v in flags.items() if v is not None}
     if not update:
@@ -55,6 +59,8 @@ def _listen(args: argparse.Namespace, settings: Settings) -> int:
 async def _serve(settings: Settings) -> int:
     from fhirbus.producers.mllp.app import ListenerApp
 
+    if settings.hl7.workers > 1:
+        return await _serve_workers(settings)
     app = ListenerApp(settings)
     host, port = await app.start()
     # Machine-readable readiness line: scripts and tests wait for it (port 0 = chosen here).
@@ -66,4 +72,20 @@ async def _serve(settings: Settings) -> int:
     await stop.wait()
     print("stopping", file=sys.stderr, flush=True)
     await app.stop()
+    return 0
+
+
+async def _serve_workers(settings: Settings) -> int:
+    from fhirbus.producers.mllp.workers import WorkerPool
+
+    pool = await WorkerPool.open(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    host, port = await pool.start()
+    print(f"listening on {host}:{port}", flush=True)
+    await stop.wait()
+    print("stopping", file=sys.stderr, flush=True)
+    await pool.stop()
     return 0

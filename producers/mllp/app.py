@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fhirbus.settings import Hl7ListenerSettings, Settings
 from .listener import MllpListener
 from .server import MllpServer
 from .spool import Spool
+from .tickets import WorkerClaims
 
 log = logging.getLogger(__name__)
 # Kafka's default record limit is ~1 MB; an HL7 message at our limit plus headers must fit.
@@ -64,6 +66,8 @@ class ListenerApp:
         *,
         spool: Spool | None = None,
         producer: Producer | None = None,
+        claims: WorkerClaims | None = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.conf: Hl7ListenerSettings = settings.hl7
@@ -78,8 +82,10 @@ class ListenerApp:
             self.producer,
             self.spool,
             new_producer=self._new_producer if self._own_producer else None,
+            claims=claims,
         )
-        self.server = MllpServer(self.conf, self.listener.handle)
+        # on_closed: a worker tells its parent, which balances connections by their count.
+        self.server = MllpServer(self.conf, self.listener.handle, on_closed=on_closed)
 
     def _new_producer(self) -> Producer:
         return Producer(
@@ -95,6 +101,12 @@ class ListenerApp:
             extra={"listener_id": self.conf.listener_id, "host": host, "port": port},
         )
         return host, port
+
+    async def start_worker(self, address: tuple[str, int]) -> None:
+        """As start, in a worker process: the parent listens and passes connections over."""
+        await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
+        await self.listener.start()
+        self.server.attach(address)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         await self.server.close(grace_s)

@@ -23,11 +23,16 @@ from confluent_kafka import KafkaError
 
 from fhirbus.kafka.producer import DeliveryError
 
+from .claims import ClaimTable
 from .metrics import ListenerMetrics
 from .sink import DurableSink
 from .spool import Spool, Spooled, SpoolError
 
 log = logging.getLogger(__name__)
+# Spool empty but appends still granted: look again this soon.
+_RECHECK_S = 0.02
+# Not in spool mode: how often worker 0 looks whether another worker turned it on.
+_IDLE_CHECK_S = 0.05
 # Refusals caused by the record itself: sending it again cannot succeed.
 _RECORD_REFUSALS = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -116,7 +121,7 @@ class Forwarder:
                 # Rows stay and go out again: a duplicate downstream, never a loss.
                 log.error("cannot delete forwarded rows", extra={"error": str(exc)})
                 return 0
-            self._sink.drained(confirmed)
+            self._drained(confirmed)
             self._metrics.forwarded(confirmed)
         if confirmed < len(rows):
             log.warning(
@@ -136,7 +141,7 @@ class Forwarder:
         except SpoolError as exc:
             log.error("cannot move a refused row", extra={"error": str(exc)})
             return 0
-        self._sink.drained(1)
+        self._drained(1)
         self._metrics.refused()
         # The row's content is PHI: only where it is and why, never what.
         log.error(
@@ -155,3 +160,54 @@ class Forwarder:
     def _delay(self) -> float:
         low, high = self._backoff
         return min(high, low * 2 ** max(0, self._failures - 1))
+
+    def _drained(self, count: int) -> None:
+        self._sink.drained(count)
+
+
+class SharedForwarder(Forwarder):
+    """Worker 0's forwarder for the spool all workers share (claims.py).
+
+    Spool mode is a flag on the shared table: any worker turns it on, and only this
+    forwarder turns it off, by the handshake in ``_try_clear``: no spool grant outstanding,
+    the spool seen empty after that, and no grant made meanwhile.
+    """
+
+    def __init__(
+        self, sink: DurableSink, spool: Spool, metrics: ListenerMetrics, table: ClaimTable
+    ) -> None:
+        super().__init__(sink, spool, metrics)
+        self._table = table
+
+    async def run(self) -> None:
+        table = self._table
+        while True:
+            if not table.spooling:
+                while not table.spooling:
+                    await asyncio.sleep(_IDLE_CHECK_S)
+                log.warning("spool mode on: every worker spools until the spool drains")
+            rows = await self._read()
+            if rows:
+                confirmed = await self._forward(rows)
+                self._failures = 0 if confirmed == len(rows) else self._failures + 1
+                if self._failures:
+                    await asyncio.sleep(self._delay())
+            elif await self._try_clear():
+                log.info("spool drained; publishing directly again")
+            else:
+                # Appends granted but not committed yet: their rows come next.
+                await asyncio.sleep(_RECHECK_S)
+
+    async def _try_clear(self) -> bool:
+        made, outstanding = self._table.spool_status()
+        if outstanding:
+            return False
+        try:
+            if await asyncio.wrap_future(self._spool.read(1)):
+                return False
+        except SpoolError:
+            return False
+        return self._table.clear(made)  # only if no grant was made since spool_status
+
+    def _drained(self, count: int) -> None:
+        """Spool mode is the parent's, not a count here: nothing to track."""

@@ -25,13 +25,15 @@ from fhirbus.settings import Hl7ListenerSettings
 
 from . import framing
 from .ack import AckError, AckHeader, build_ack, is_enhanced, wants_accept_ack
+from .claims import WAIT
 from .dedup import DedupWindow
 from .delivery import AsyncDelivery
-from .forwarder import Forwarder
+from .forwarder import Forwarder, SharedForwarder
 from .intake import Origin, Policy, Verdict, classify, dedup_key, raw_record, rejected_record
 from .metrics import ListenerMetrics
 from .sink import DurableSink, Stored, StoreFailed
 from .spool import Spool
+from .tickets import Ticket, WorkerClaims
 
 log = logging.getLogger(__name__)
 _CANNOT_STORE = AckError("207", "message could not be stored now; send it again later")
@@ -47,6 +49,7 @@ class MllpListener:
         spool: Spool,
         *,
         new_producer: Callable[[], Producer] | None = None,
+        claims: WorkerClaims | None = None,
     ) -> None:
         self.conf = conf
         self._spool = spool
@@ -58,15 +61,31 @@ class MllpListener:
         )
         self.sink = DurableSink(self.delivery, spool)
         self.dedup = DedupWindow(conf.duplicate_window_s)
-        self._forwarder = Forwarder(self.sink, spool, self.metrics)
+        # One of several worker processes (workers.py): retransmissions and spool mode are
+        # decided on a table they share (claims.py); worker 0 alone forwards the spool.
+        self._claims = claims
+        self._ack_prefix = format(int(time.time()), "x")
+        self._forwarder: Forwarder | None
+        if claims is None:
+            self._store = self._store_local
+            self._forwarder = Forwarder(self.sink, spool, self.metrics)
+        else:
+            self._store = self._store_shared
+            self._forwarder = None
+            if claims.index == 0:
+                self._forwarder = SharedForwarder(self.sink, spool, self.metrics, claims.table)
+            # ACK control ids stay unique across workers started in the same second.
+            self._ack_prefix += f".{claims.index}."
         self._tasks: list[asyncio.Task[None]] = []
         self._ack_ids = itertools.count(1)
-        self._ack_prefix = format(int(time.time()), "x")
         self._tracer = telemetry.tracer("fhirbus.hl7.listener")
         self._span_attributes = {"fhirbus.feed": conf.feed}
 
     async def start(self) -> None:
         """Resume from the spool: its backlog (spool mode until drained) and the seen window."""
+        if self._claims is not None:
+            self._start_shared()
+            return
         now = time.time()
         self.sink.backlog = await asyncio.wrap_future(self._spool.depth())
         seen = await asyncio.wrap_future(self._spool.seen_since(now - self.conf.duplicate_window_s))
@@ -78,10 +97,21 @@ class MllpListener:
             extra={"backlog": self.sink.backlog, "seen": len(self.dedup)},
         )
         self.delivery.start()
+        assert self._forwarder is not None
         self._tasks = [
             asyncio.create_task(self._forwarder.run(), name="mllp-forwarder"),
             asyncio.create_task(self._expire_loop(), name="mllp-dedup-expiry"),
         ]
+
+    def _start_shared(self) -> None:
+        """A worker: the parent loaded the window into the shared table; worker 0 forwards
+        the shared spool and prunes its seen window."""
+        self.delivery.start()
+        if self._forwarder is not None:
+            self._tasks = [
+                asyncio.create_task(self._forwarder.run(), name="mllp-forwarder"),
+                asyncio.create_task(self._prune_loop(), name="mllp-seen-prune"),
+            ]
 
     async def stop(self) -> None:
         self.sink.flush_seen()
@@ -92,6 +122,8 @@ class MllpListener:
                 await task
         self._tasks = []
         await self.delivery.stop()
+        if self._claims is not None:
+            self._claims.flush()
 
     async def handle(self, frame: framing.Frame, peer: str) -> bytes | None:
         started = time.perf_counter()
@@ -114,7 +146,9 @@ class MllpListener:
         self.metrics.ack_latency(time.perf_counter() - started)
         return ack
 
-    async def _store(self, frame: framing.Frame, verdict: Verdict, origin: Origin) -> Outcome:
+    async def _store_local(
+        self, frame: framing.Frame, verdict: Verdict, origin: Origin
+    ) -> Outcome:
         if not verdict.accepted:
             return await self._keep_rejected(frame, verdict, origin)
         assert verdict.header is not None
@@ -138,29 +172,69 @@ class MllpListener:
             self.dedup.end(key, outcome)
         return outcome
 
+    async def _store_shared(
+        self, frame: framing.Frame, verdict: Verdict, origin: Origin
+    ) -> Outcome:
+        """As ``_store_local``, with the claim and the route taken on the shared table."""
+        claims = self._claims
+        assert claims is not None
+        key = None
+        if verdict.accepted:
+            assert verdict.header is not None
+            key = dedup_key(verdict.header, frame.payload)
+        ticket = claims.claim(key)
+        if ticket == WAIT:
+            # The same message is being stored for another connection, maybe by another
+            # worker: its outcome decides.
+            assert key is not None
+            ticket = await claims.wait(key)
+        if not isinstance(ticket, Ticket):
+            self.metrics.duplicate()
+            return "AA", None
+        outcome: Outcome = ("AE", _INTERNAL)
+        try:
+            if verdict.accepted:
+                outcome = await self._accept(frame, verdict, origin, key, ticket)
+            else:
+                outcome = await self._keep_rejected(frame, verdict, origin, ticket)
+        finally:
+            ticket.done(stored=outcome[0] == "AA")
+        return outcome
+
     async def _accept(
-        self, frame: framing.Frame, verdict: Verdict, origin: Origin, key: str | None
+        self,
+        frame: framing.Frame,
+        verdict: Verdict,
+        origin: Origin,
+        key: str | None,
+        ticket: Ticket | None = None,
     ) -> Outcome:
         record = raw_record(RAW_HL7, frame, verdict, origin, telemetry.inject())
         try:
-            stored = await self.sink.store(record, "raw", key)
+            if ticket is None:
+                stored = await self.sink.store(record, "raw", key)
+            else:
+                stored = await self.sink.store_routed(record, "raw", ticket)
         except StoreFailed:
             self.metrics.store_failed()
             log.error("message not stored: broker and spool both failed; NAK sent")
             return "AE", _CANNOT_STORE
-        if key is not None:
+        if key is not None and ticket is None:
             self.dedup.add(key, time.time())
         self.metrics.accepted(spooled=stored is Stored.SPOOL)
         return "AA", None
 
     async def _keep_rejected(
-        self, frame: framing.Frame, verdict: Verdict, origin: Origin
+        self, frame: framing.Frame, verdict: Verdict, origin: Origin, ticket: Ticket | None = None
     ) -> Outcome:
         reason = verdict.reason or "unknown"
         self.metrics.rejected(reason, verdict.code)
         record = rejected_record(REJECTED_HL7, frame, verdict, origin, telemetry.inject())
         try:
-            await self.sink.store(record, "rejected")
+            if ticket is None:
+                await self.sink.store(record, "rejected")
+            else:
+                await self.sink.store_routed(record, "rejected", ticket)
         except StoreFailed:
             # The NAK still goes out, so the sender keeps the message; say so loudly.
             self.metrics.store_failed()
@@ -187,15 +261,24 @@ class MllpListener:
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(60.0, max(1.0, self.conf.duplicate_window_s / 10)))
-            now = time.time()
-            self.dedup.expire(now)
-            try:
-                await asyncio.wrap_future(
-                    self._spool.prune_seen(now - self.conf.duplicate_window_s)
-                )
-            except Exception:
-                log.warning("could not prune the seen window", exc_info=True)
+            await asyncio.sleep(self._prune_interval())
+            self.dedup.expire(time.time())
+            await self._prune_seen()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._prune_interval())
+            await self._prune_seen()
+
+    def _prune_interval(self) -> float:
+        return min(60.0, max(1.0, self.conf.duplicate_window_s / 10))
+
+    async def _prune_seen(self) -> None:
+        now = time.time()
+        try:
+            await asyncio.wrap_future(self._spool.prune_seen(now - self.conf.duplicate_window_s))
+        except Exception:
+            log.warning("could not prune the seen window", exc_info=True)
 
 
 class _MessageSpan:

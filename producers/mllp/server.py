@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -44,7 +45,16 @@ def tls_context(conf: Hl7ListenerSettings) -> ssl.SSLContext | None:
 
 
 class MllpServer:
-    def __init__(self, conf: Hl7ListenerSettings, handler: Handler) -> None:
+    """Serves connections it accepts itself (``start``) or, in a worker process, sockets the
+    parent accepted and passed over (``attach`` then ``adopt``; workers.py)."""
+
+    def __init__(
+        self,
+        conf: Hl7ListenerSettings,
+        handler: Handler,
+        *,
+        on_closed: Callable[[], None] | None = None,
+    ) -> None:
         self.conf = conf
         self._handler = handler
         self._ssl = tls_context(conf)
@@ -53,9 +63,17 @@ class MllpServer:
         self._busy = 0
         self._idle_event = asyncio.Event()
         self.refused = 0
+        # Adopted sockets: the parent's address, the tasks serving them, and who to tell
+        # when one is closed (the parent balances connections by their count).
+        self._attached: tuple[str, int] | None = None
+        self._adopted: set[asyncio.Task[None]] = set()
+        self._on_closed = on_closed
+        self._closing = False
 
     @property
     def address(self) -> tuple[str, int]:
+        if self._attached is not None:
+            return self._attached
         assert self._server is not None and self._server.sockets
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
@@ -66,6 +84,7 @@ class MllpServer:
 
     async def start(self) -> tuple[str, int]:
         max_bytes = self.conf.max_message_bytes
+        self._closing = False
         self._server = await asyncio.get_running_loop().create_server(
             lambda: MllpConnection(max_bytes, self._opened),
             self.conf.host,
@@ -74,11 +93,57 @@ class MllpServer:
         )
         return self.address
 
+    def attach(self, address: tuple[str, int]) -> None:
+        """Serve sockets accepted elsewhere, on ``address``, instead of listening."""
+        self._attached = address
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve an accepted connection (TLS handshake here, if configured)."""
+        task = asyncio.get_running_loop().create_task(self._adopt(sock))
+        self._adopted.add(task)
+        task.add_done_callback(self._adopted.discard)
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        max_bytes = self.conf.max_message_bytes
+        try:
+            if self._attached is None or self._closing:
+                raise ConnectionAbortedError("not serving")
+            sock.setblocking(False)
+            _, conn = await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: MllpConnection(max_bytes, self._opened), sock, ssl=self._ssl
+            )
+            await conn.wait_closed()
+        except (OSError, ssl.SSLError) as exc:
+            log.info("connection not served", extra={"error": type(exc).__name__})
+            sock.close()
+        finally:
+            if self._on_closed is not None:
+                self._on_closed()
+
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting; let messages being handled finish (up to grace); drop the rest."""
+        if self._attached is not None:
+            if not self._closing:
+                self._closing = True  # sockets passed from now on are closed at once
+                await self._close_adopted(grace_s)
+            return
         if self._server is None:
             return
+        self._closing = True
         self._server.close()
+        await self._drain(grace_s)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _close_adopted(self, grace_s: float) -> None:
+        await self._drain(grace_s)
+        if self._adopted:
+            _, late = await asyncio.wait(list(self._adopted), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _drain(self, grace_s: float) -> None:
         if self._busy:
             self._idle_event.clear()
             with contextlib.suppress(TimeoutError):
@@ -92,11 +157,12 @@ class MllpServer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
 
     def _opened(self, conn: MllpConnection) -> None:
         """A new connection (after the TLS handshake, if any): serve it, or refuse it."""
+        if self._closing:
+            conn.close()  # its handshake finished after close() began
+            return
         if len(self._connections) >= self.conf.max_connections:
             self.refused += 1
             log.warning(

@@ -26,6 +26,7 @@ from fhirbus.kafka.producer import DeliveryError
 from .delivery import AsyncDelivery
 from .intake import Record
 from .spool import Spool, SpoolError
+from .tickets import Ticket
 
 log = logging.getLogger(__name__)
 _SEEN_BATCH_S = 0.005
@@ -71,6 +72,33 @@ class DurableSink:
         if seen_key is not None:
             self._remember(seen_key)
         return Stored.BROKER
+
+    async def store_routed(self, record: Record, kind: str, ticket: Ticket) -> Stored:
+        """With workers: where to store was decided with the claim (claims.py).
+
+        A spool grant goes straight to the spool (the shared spool is not empty, or is
+        being filled). Otherwise publish; if the broker does not confirm, take a grant
+        first, which turns spool mode on for every worker, then spool.
+        """
+        if not ticket.granted:
+            try:
+                await self._delivery.publish(record)
+            except DeliveryError as exc:
+                log.warning(
+                    "broker did not confirm; spooling",
+                    extra={"topic": record.topic, "error": _describe(exc)},
+                )
+                ticket.force_spool()
+            else:
+                if ticket.key is not None:
+                    self._remember(ticket.key)
+                return Stored.BROKER
+        try:
+            await asyncio.wrap_future(self._spool.append(kind, record, ticket.key))
+        except SpoolError as exc:
+            raise StoreFailed(str(exc)) from None
+        self.spooled_wakeup.set()
+        return Stored.SPOOL
 
     async def publish(self, record: Record) -> None:
         """Send one record and wait for the broker's confirmation (or DeliveryError).
