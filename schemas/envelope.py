@@ -85,8 +85,10 @@ class CanonicalEvent:
         values["source"] = Source(**record["source"])
         values["occurred_at"] = _aware(record["occurred_at"])
         values["recorded_at"] = _aware(record["recorded_at"])
-        known = set(_AVRO_FIELDS)
-        extras = {k: v for k, v in record.items() if k not in known}
+        # Fields a newer writer added (read through the registry path) are kept as extras;
+        # a record of exactly our schema has none, which is what consumers see per event.
+        extras = {} if record.keys() == _KNOWN else {
+            k: v for k, v in record.items() if k not in _KNOWN}
         return cls(**values, extras=extras)
 
 
@@ -100,3 +102,4 @@ _AVRO_FIELDS: tuple[str, ...] = tuple(
     f for f in CanonicalEvent.__dataclass_fields__ if f not in ("extras",)
 )
 _SOURCE_FIELDS: tuple[str, ...] = tuple(Source.__dataclass_fields__)
+_KNOWN = frozenset(_AVRO_FIELDS)
