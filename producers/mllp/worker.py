@@ -6,6 +6,16 @@ connections in (one descriptor per packet) and ``r`` (ready) and ``c`` (a connec
 closed) out. Settings and the listening address come on stdin. The worker serves until
 SIGTERM or until the parent is gone (its socket closes): the parent owns the port and
 restarts workers, so a worker without it stops.
+
+The worker's helper threads (librdkafka's, the delivery poller, the spool writer) run
+under SCHED_BATCH (``_yield_to_the_loop``). With N workers on N cores every core runs an
+event loop, and each message wakes helper threads several times; under the default policy
+each wake-up preempted a loop at once (measured: ~2.8 involuntary switches per message
+with 2 workers, 0.07 with one process), and the switches and cold caches made every
+message dearer. SCHED_BATCH only drops that wake-up preemption: the helpers keep their
+fair share and run when a loop waits (each does, every iteration) or at the next tick.
+On the 2-core machine that raised 2 workers from ~3,000 to ~3,800 msg/s, with the p99
+ACK latency at 1,000 msg/s unchanged (~4 ms).
 """
 
 from __future__ import annotations
@@ -13,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import signal
 import socket
 import sys
+import threading
 
 from fhirbus import telemetry
 from fhirbus.settings import Settings
@@ -27,6 +39,9 @@ from .server import MllpServer
 from .tickets import WorkerClaims
 
 log = logging.getLogger("fhirbus.producers.mllp.worker")  # not __main__ under -m
+# librdkafka starts threads as it meets brokers, and a replaced producer brings new ones:
+# the helpers' policy is set shortly after start and again now and then.
+_FIRST_YIELD_S, _YIELD_EVERY_S = 1.0, 15.0
 
 
 def main(argv: list[str]) -> int:
@@ -53,6 +68,7 @@ async def _serve(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_reader(parent.fileno(), _receive, parent, app.server, stop)
     _tell(parent, b"r")
+    loop.call_later(_FIRST_YIELD_S, _yield_to_the_loop, loop)
     log.info("mllp worker started", extra={"worker": table.worker})
     await stop.wait()
     loop.remove_reader(parent.fileno())
@@ -78,6 +94,16 @@ def _receive(parent: socket.socket, server: MllpServer, stop: asyncio.Event) -> 
             log.error("listener parent is gone; worker stopping")
         asyncio.get_running_loop().remove_reader(parent.fileno())
         stop.set()
+
+
+def _yield_to_the_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Every thread but this one (the event loop's) under SCHED_BATCH (see above)."""
+    me = threading.get_native_id()
+    for name in os.listdir("/proc/self/task"):
+        if int(name) != me:
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                os.sched_setscheduler(int(name), os.SCHED_BATCH, os.sched_param(0))
+    loop.call_later(_YIELD_EVERY_S, _yield_to_the_loop, loop)
 
 
 def _tell(parent: socket.socket, what: bytes) -> None:

@@ -5,6 +5,7 @@ drains what all of them spooled."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -70,6 +71,15 @@ def worker_pids(parent: int) -> dict[str, int]:
     return found
 
 
+def thread_policies(pid: int) -> dict[int, int]:
+    """Thread id -> scheduling policy, for every thread of a process."""
+    policies = {}
+    for name in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            policies[int(name)] = os.sched_getscheduler(int(name))
+    return policies
+
+
 def alive(pid: int) -> bool:
     """Running, not a zombie nobody has reaped yet."""
     try:
@@ -108,6 +118,7 @@ def test_a_resend_in_flight_on_another_worker_is_acked_twice_and_published_once(
                 c.close()
         stack.broker_up()
         records = topic_records(stack.bootstrap, RAW_HL7, listener_id, 5, timeout=60, quiet=2.0)
+        policies = {pid: thread_policies(pid) for pid in worker_pids(proc.pid).values()}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     assert (ack_code(ack_first), ack_code(ack_second)) == ("AA", "AA")
@@ -115,6 +126,10 @@ def test_a_resend_in_flight_on_another_worker_is_acked_twice_and_published_once(
     assert waited >= 0.9  # the resend's answer waited for the first copy's (spooled) outcome
     values = [v for v, _ in records]
     assert sorted(values) == sorted([*probes, resent])
+    # Helper threads do not preempt the event loop (worker.py, SCHED_BATCH).
+    for pid, policy in policies.items():
+        assert policy.pop(pid) == os.SCHED_OTHER
+        assert set(policy.values()) == {os.SCHED_BATCH}
 
 
 def test_sigkill_of_workers_with_a_full_spool_loses_and_reorders_nothing(
