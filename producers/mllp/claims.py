@@ -21,7 +21,7 @@ a socket; that cost the 2-core machine about a fifth of the listener's CPU per m
 most of what a second worker gains.
 
 Layout: a header of 64-bit words (spool mode, grants, and a *generation* per worker index
-that the parent bumps when a worker dies), then buckets of 16 slots of 4 words: the first
+that the parent bumps when a worker dies), then buckets of 16 slots of 32 bytes: the first
 128 bits of the key, when (ms), and ``meta`` (0 = free; state, owner index, owner
 generation). A key lives only in its bucket; a full bucket reuses an expired entry, then
 one whose owner died, then its oldest entry (as the in-process window drops its oldest
@@ -56,9 +56,10 @@ _H_GEN = _H_GRANTS + MAX_WORKERS  # MAX_WORKERS words: each worker index's gener
 _HEADER = 1024
 _SLOTS = 16
 _BUCKET_BYTES = _SLOTS * 32
-_BUCKET = struct.Struct(f"<{_SLOTS * 4}Q")
 _WORD = struct.Struct("<Q")
-_KEY_AT = struct.Struct("<3Q")
+_AT_META = struct.Struct("<2Q")
+_METAS = struct.Struct("<" + "24xQ" * _SLOTS)  # a bucket's 16 meta words
+_ATS = struct.Struct("<" + "16xQ8x" * _SLOTS)  # its 16 times
 _PENDING, _DONE = 1, 2
 
 
@@ -182,22 +183,22 @@ class ClaimTable:
 
     # Under the lock.
     def _claim_key(self, key: str, pending: int, now: int) -> tuple[int | None, int]:
-        hi, lo = int(key[:16], 16), int(key[16:32], 16)
-        base = _HEADER + (hi & self._mask) * _BUCKET_BYTES
-        words = _BUCKET.unpack_from(self._map, base)
-        slot = self._find(words, hi, lo)
-        if slot is not None:
-            meta, at = words[slot * 4 + 3], words[slot * 4 + 2]
+        kb = bytes.fromhex(key[:32])  # the key's first 128 bits, as stored
+        base = _HEADER + self._bucket(kb) * _BUCKET_BYTES
+        offset = self._find(kb, base)
+        if offset >= 0:
+            at, meta = _AT_META.unpack_from(self._map, offset + 16)
             if meta & 3 == _DONE and self.window_ms > 0 and now - at <= self.window_ms:
                 return SEEN, -1
             if meta & 3 == _PENDING and self._alive(meta):
                 return WAIT, -1
         else:
-            slot = self._victim(words, now)
-        offset = base + slot * 32
-        _WORD.pack_into(self._map, offset + 24, 0)  # free while being written
-        _KEY_AT.pack_into(self._map, offset, hi, lo, now)
-        _WORD.pack_into(self._map, offset + 24, pending)
+            offset = base + self._victim(base, now) * 32
+        m = self._map
+        _WORD.pack_into(m, offset + 24, 0)  # free while being written
+        m[offset : offset + 16] = kb
+        _AT_META.pack_into(m, offset + 16, now, 0)
+        _WORD.pack_into(m, offset + 24, pending)
         return None, offset
 
     def _apply(self, finished: list[Finish], now: float) -> None:
@@ -222,26 +223,31 @@ class ClaimTable:
         else:
             _WORD.pack_into(self._map, offset + 24, 0)  # a waiting resend takes it now
 
-    @staticmethod
-    def _find(words: tuple[int, ...], hi: int, lo: int) -> int | None:
-        start = 0
-        while True:
-            try:
-                index = words.index(hi, start)
-            except ValueError:
-                return None
-            if index % 4 == 0 and words[index + 1] == lo and words[index + 3]:
-                return index // 4
-            start = index + 1
+    def bucket(self, key: str) -> int:
+        return self._bucket(bytes.fromhex(key[:32]))
 
-    def _victim(self, words: tuple[int, ...], now: int) -> int:
+    def _bucket(self, kb: bytes) -> int:
+        return int.from_bytes(kb[:8], "little") & self._mask
+
+    def _find(self, kb: bytes, base: int) -> int:
+        """The offset of the key's slot in its bucket, or -1 (a byte search: no ints made)."""
+        m, end = self._map, base + _BUCKET_BYTES
+        at = m.find(kb, base, end)
+        while at >= 0:
+            if (at - base) % 32 == 0 and _WORD.unpack_from(m, at + 24)[0]:
+                return at
+            at = m.find(kb, at + 1, end)
+        return -1
+
+    def _victim(self, base: int, now: int) -> int:
         """The slot for a new key: free, else expired, else a dead owner's, else oldest."""
-        metas = words[3::4]
+        metas = _METAS.unpack_from(self._map, base)
         with contextlib.suppress(ValueError):
             return metas.index(0)
+        ats = _ATS.unpack_from(self._map, base)
         oldest, oldest_at = 0, None
         for slot, meta in enumerate(metas):
-            at = words[slot * 4 + 2]
+            at = ats[slot]
             if meta & 3 == _DONE:
                 if now - at > self.window_ms:
                     return slot

@@ -134,8 +134,7 @@ def test_a_dead_workers_grants_lapse(parent: ClaimTable) -> None:
 def test_a_full_bucket_drops_its_oldest_finished_key(parent: ClaimTable) -> None:
     a = worker(parent, 0)
     now = time.time()
-    mask = parent.buckets - 1
-    same_bucket = [k for k in (key(n) for n in range(100_000)) if int(k[:16], 16) & mask == 0]
+    same_bucket = [k for k in (key(n) for n in range(100_000)) if parent.bucket(k) == 0]
     for age, k in enumerate(same_bucket[:16]):
         _, offset = a.claim(k, now - 30 + age, [])
         a.finish([(offset, False, True)], now - 30 + age)
