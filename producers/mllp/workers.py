@@ -33,6 +33,7 @@ from fhirbus.settings import ConfigError, Settings
 
 from .app import spool_path
 from .claims import MAX_WORKERS, ClaimTable
+from .server import tls_context
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class WorkerPool:
         conf = settings.hl7
         if conf.workers > MAX_WORKERS:
             raise ConfigError(f"FHIRBUS_HL7__WORKERS: at most {MAX_WORKERS}")
+        tls_context(conf)  # a bad TLS setting fails here, said plainly, not as dead workers
         sock = _bind(conf.host, conf.port)
         try:
             table = await asyncio.get_running_loop().run_in_executor(

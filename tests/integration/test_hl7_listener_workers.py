@@ -8,6 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from .test_hl7_listener_support import (
     topic_records,
     wait_for,
 )
+from .test_hl7_listener_tls import Issued, client_context, pki  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -216,3 +220,46 @@ def test_workers_stop_when_their_parent_is_killed(
         proc.wait(10)
         # No worker serves on without the parent that owns the port and the claim table.
         wait_for(lambda: not any(alive(p) for p in pids), 30)
+
+
+def test_mutual_tls_holds_on_every_worker(
+    settings: Settings, stack: EmbeddedStack, tmp_path: Path, pki: dict[str, Issued]  # noqa: F811
+) -> None:
+    listener_id = f"wk-{uuid.uuid4().hex[:8]}"
+    env = {
+        **listener_env(tmp_path, listener_id, 2, 1.0),
+        "FHIRBUS_HL7__TLS_CERT": str(pki["server"].cert),
+        "FHIRBUS_HL7__TLS_KEY": str(pki["server"].key),
+        "FHIRBUS_HL7__TLS_CLIENT_CA": str(pki["ca"].cert),
+    }
+    with listener_process(env) as (proc, port):
+        for n in range(2):  # refused in the worker's handshake, and reported closed
+            with (
+                pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+                MllpConnection(port, tls=client_context(pki, "rogue")) as conn,
+            ):
+                conn.send(make_message(f"MTLS-BAD-{n}"))
+        good = [MllpConnection(port, tls=client_context(pki, "client")) for _ in range(2)]
+        answered = sorted(ack_worker(c.send(make_message(f"MTLS-{i}"))) for i, c in enumerate(good))
+        for c in good:
+            c.close()
+        records = topic_records(stack.bootstrap, RAW_HL7, listener_id, 2, timeout=30, quiet=1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert answered == ["0", "1"]  # so the parent's connection counts came back to 0
+    assert sorted(v for v, _ in records) == [make_message("MTLS-0"), make_message("MTLS-1")]
+
+
+def test_a_bad_tls_setting_stops_the_parent_with_a_plain_error(
+    settings: Settings, tmp_path: Path, pki: dict[str, Issued]  # noqa: F811
+) -> None:
+    env = {
+        **listener_env(tmp_path, "wk-bad-tls", 2, 1.0),
+        "FHIRBUS_HL7__TLS_CERT": str(pki["server"].cert),
+    }
+    fhirbus = Path(sys.executable).with_name("fhirbus")
+    done = subprocess.run(
+        [str(fhirbus), "hl7", "listen"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "FHIRBUS_HL7__TLS_CERT and FHIRBUS_HL7__TLS_KEY must be set together" in done.stderr
