@@ -8,7 +8,9 @@ ids and counts, never message content (PHI), at INFO and above.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,7 +39,13 @@ def configure(settings: Settings, service: str | None = None) -> None:
         return
     _configured = True
     tel = settings.telemetry
-    resource = Resource.create({"service.name": service or tel.service_name})
+    # Several processes export the same instruments (listener workers, N canonicalizers):
+    # an instance id per process keeps their series apart instead of overwriting each other.
+    resource = Resource.create({
+        "service.name": service or tel.service_name,
+        "service.instance.id": str(uuid.uuid4()),
+        "process.pid": os.getpid(),
+    })
     tracer_provider = TracerProvider(resource=resource)
     for processor in _span_processors(tel):
         tracer_provider.add_span_processor(processor)

@@ -33,7 +33,7 @@ from .forwarder import Forwarder, SharedForwarder
 from .intake import Origin, Policy, Verdict, classify, dedup_key, raw_record, rejected_record
 from .metrics import ListenerMetrics
 from .sink import DurableSink, Stored, StoreFailed
-from .spool import Spool
+from .spool import Spool, SpoolError
 from .tickets import Ticket, WorkerClaims
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ _IDS = RandomIdGenerator()
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED | trace.TraceFlags.RANDOM_TRACE_ID)
 _CANNOT_STORE = AckError("207", "message could not be stored now; send it again later")
 _INTERNAL = AckError("207", "internal error; send it again later")
+# The gauge gives up rather than hold the metric reader behind a long spool commit.
+_DEPTH_TIMEOUT_S = 5.0
 Outcome = tuple[str, AckError | None]
 
 
@@ -58,7 +60,7 @@ class MllpListener:
         self.conf = conf
         self._spool = spool
         self._policy = Policy(frozenset(conf.supported_versions))
-        self.metrics = ListenerMetrics(conf.listener_id, conf.feed, lambda: self.sink.backlog)
+        self.metrics = ListenerMetrics(conf.listener_id, conf.feed, self._spool_depth)
         # new_producer: how to replace the producer after a fatal error (delivery.py).
         self.delivery = AsyncDelivery(
             producer, recreate=new_producer, on_recreate=self.metrics.producer_recreated
@@ -84,6 +86,22 @@ class MllpListener:
         self._ack_ids = itertools.count(1)
         self._tracer = telemetry.tracer("fhirbus.hl7.listener")
         self._span_attributes = {"fhirbus.feed": conf.feed}
+
+    def _spool_depth(self) -> int | None:
+        """Rows waiting in the spool, for the depth gauge (read on the metric reader's thread).
+
+        One process: the sink's backlog. Workers share one spool and no worker counts all
+        of its rows, so worker 0 (its forwarder) counts them in the file and the others
+        report nothing, so that a sum over processes is not N times the depth.
+        """
+        if self._claims is None:
+            return self.sink.backlog
+        if self._claims.index != 0:
+            return None
+        try:
+            return self._spool.depth().result(timeout=_DEPTH_TIMEOUT_S)
+        except (SpoolError, TimeoutError):
+            return None
 
     async def start(self) -> None:
         """Resume from the spool: its backlog (spool mode until drained) and the seen window."""

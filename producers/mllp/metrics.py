@@ -33,7 +33,9 @@ _COUNTERS = {
 
 
 class ListenerMetrics:
-    def __init__(self, listener_id: str, feed: str, depth: Callable[[], int]) -> None:
+    def __init__(
+        self, listener_id: str, feed: str, depth: Callable[[], int | None]
+    ) -> None:
         self.attrs = {"feed": feed, "listener_id": listener_id}
         self.counts: Counter[str] = Counter()
         self._rejected: Counter[tuple[str, str]] = Counter()  # (reason, code) -> count
@@ -65,7 +67,9 @@ class ListenerMetrics:
             yield Observation(n, {**self.attrs, "reason": reason, "code": code})
 
     def _observe_depth(self, _options: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(self._depth(), self.attrs)
+        depth = self._depth()  # None: this process does not report it (or could not read it)
+        if depth is not None:
+            yield Observation(depth, self.attrs)
 
     def received(self) -> None:
         self.counts["received"] += 1
@@ -100,5 +104,5 @@ class ListenerMetrics:
         self._latency.record(seconds * 1000.0, self.attrs)
 
     @property
-    def spool_depth(self) -> int:
+    def spool_depth(self) -> int | None:
         return self._depth()

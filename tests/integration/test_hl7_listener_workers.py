@@ -6,6 +6,7 @@ drains what all of them spooled."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import ssl
@@ -33,6 +34,8 @@ from .test_hl7_listener_support import (
     wait_for,
 )
 from .test_hl7_listener_tls import Issued, client_context, pki  # noqa: F401 (a fixture)
+
+DEPTH = "hl7.mllp.spool_depth"
 
 
 @pytest.fixture
@@ -263,3 +266,61 @@ def test_a_bad_tls_setting_stops_the_parent_with_a_plain_error(
     )
     assert done.returncode == 2
     assert "FHIRBUS_HL7__TLS_CERT and FHIRBUS_HL7__TLS_KEY must be set together" in done.stderr
+
+
+def exported_values(text: str, metric: str) -> list[tuple[str, float]]:
+    """(process, value) of every data point of ``metric`` in console-exported metrics."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) >= 0:
+        try:
+            doc, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            at += 1
+            continue
+        for rm in doc.get("resource_metrics", []) if isinstance(doc, dict) else []:
+            process = str(rm["resource"]["attributes"].get("process.pid", "?"))
+            for sm in rm["scope_metrics"]:
+                for m in sm["metrics"]:
+                    if m["name"] == metric:
+                        found += [(process, dp["value"]) for dp in m["data"]["data_points"]]
+    return found
+
+
+def test_the_spool_depth_gauge_counts_the_shared_spool_once(
+    settings: Settings, stack: EmbeddedStack, tmp_path: Path
+) -> None:
+    # Regression: with workers, no sink counted the shared spool and the gauge read 0.
+    listener_id = f"wk-{uuid.uuid4().hex[:8]}"
+    env = {
+        **listener_env(tmp_path, listener_id, 2, 0.5),
+        "FHIRBUS_TELEMETRY__EXPORTER": "console",
+        "FHIRBUS_TELEMETRY__METRICS_INTERVAL_S": "0.2",
+    }
+    sent = [make_message(f"DEPTH-{i}") for i in range(6)]
+    stack.broker_down()
+    err = tmp_path / "stderr.log"
+    fhirbus = Path(sys.executable).with_name("fhirbus")
+    with err.open("wb") as sink:  # a file, not a pipe: console export never blocks on it
+        proc = subprocess.Popen(
+            [str(fhirbus), "hl7", "listen"], env=env, stdout=subprocess.PIPE, stderr=sink
+        )
+        try:
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+            conns = [MllpConnection(port) for _ in range(2)]
+            for i, msg in enumerate(sent):
+                assert ack_code(conns[i % 2].send(msg)) == "AA"
+            wait_for(lambda: (6.0 in [v for _, v in exported_values(err.read_text(), DEPTH)]), 30)
+            stack.broker_up()
+            topic_records(stack.bootstrap, RAW_HL7, listener_id, len(sent), timeout=60, quiet=1.0)
+            seen = len(exported_values(err.read_text(), DEPTH))
+            wait_for(lambda: len(exported_values(err.read_text(), DEPTH)) > seen + 1, 30)
+            for c in conns:
+                c.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+    points = exported_values(err.read_text(), DEPTH)
+    assert len({process for process, _ in points}) == 1  # worker 0 alone reports it
+    values = [v for _, v in points]
+    assert max(values) == len(sent) and values[-1] == 0
