@@ -27,6 +27,8 @@ from . import framing
 from .ack import AckError, AckHeader
 
 Headers = list[tuple[str, bytes]]
+# Reject reason for a frame whose classification raised: our bug, not the sender's.
+INTERNAL_ERROR = "internal_error"
 
 # Reject reason -> (ACK code, HL7 table 0357 code, error location, safe text).
 _REASONS: dict[str, tuple[str, str, str, str]] = {
@@ -44,6 +46,9 @@ _REASONS: dict[str, tuple[str, str, str, str]] = {
     "bad_charset_bytes": ("AE", "103", "MSH^1^18", "bytes invalid for the declared charset"),
     "unsupported_version": ("AE", "203", "MSH^1^12", "unsupported HL7 version"),
     "missing_message_type": ("AE", "101", "MSH^1^9", "message type is empty"),
+    # HL7 v2 original mode (2.9.2.2 c): AR is the reply to a message refused for reasons
+    # unrelated to its content, "system down or internal error"; 207 is that error.
+    INTERNAL_ERROR: ("AR", "207", "", "internal error; send it again later"),
 }
 _GENERIC = ("AR", "100", "", "not a parseable HL7 message")
 
@@ -101,6 +106,19 @@ def classify(frame: framing.Frame, policy: Policy) -> Verdict:
     if not msh9_parts[0]:
         return _reject("missing_message_type", header, msh9, codec)
     return Verdict("AA", header, msh9=msh9, codec=codec)
+
+
+def unclassified(frame: framing.Frame) -> Verdict:
+    """The verdict for a frame ``classify`` raised on, so it is still NAKed and kept.
+
+    The header is read best effort, for MSA-2 and the sender's delimiters; the same bug may
+    break that too, and then the NAK goes out without it rather than not at all.
+    """
+    try:
+        header = _header_only(frame.payload)
+    except Exception:
+        header = None
+    return _reject(INTERNAL_ERROR, header)
 
 
 def _version_supported(version: str, supported: frozenset[str]) -> bool:

@@ -1,8 +1,9 @@
 """One message, start to finish: classify, deduplicate, store durably, then build the ACK.
 
 ``MllpListener.handle`` is the only entry point the socket layer calls; it never raises
-(a bug becomes an AE, which makes the sender retry, never an AA) and returns the framed
-ACK bytes, or None when an enhanced-mode sender asked not to get one.
+(a bug becomes a negative ACK, which makes the sender retry, never an AA; one in
+classification also keeps the frame on the rejected topic) and returns the framed ACK
+bytes, or None when an enhanced-mode sender asked not to get one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from .claims import WAIT
 from .dedup import DedupWindow
 from .delivery import AsyncDelivery
 from .forwarder import Forwarder, SharedForwarder
-from .intake import Origin, Policy, Verdict, classify, dedup_key, raw_record, rejected_record
+from .intake import (
+    Origin,
+    Policy,
+    Verdict,
+    classify,
+    dedup_key,
+    raw_record,
+    rejected_record,
+    unclassified,
+)
 from .metrics import ListenerMetrics
 from .sink import DurableSink, Stored, StoreFailed
 from .spool import Spool, SpoolError
@@ -153,7 +163,11 @@ class MllpListener:
         received_at = datetime.now(UTC)
         origin = Origin(self.conf.listener_id, self.conf.feed, peer, received_at)
         with _MessageSpan(self._tracer, self._span_attributes) as span:
-            verdict = classify(frame, self._policy)
+            try:
+                verdict = classify(frame, self._policy)
+            except Exception as exc:
+                # A bug must not drop the connection unanswered: NAK the frame and keep it.
+                verdict = _unclassified(frame, exc, span)
             span.set_attribute("hl7.msh9", verdict.msh9)
             try:
                 code, error = await self._store(frame, verdict, origin)
@@ -301,6 +315,14 @@ class MllpListener:
             await asyncio.wrap_future(self._spool.prune_seen(now - self.conf.duplicate_window_s))
         except Exception:
             log.warning("could not prune the seen window", exc_info=True)
+
+
+def _unclassified(frame: framing.Frame, exc: Exception, span: Span) -> Verdict:
+    # The type only at ERROR: an exception's text or traceback may quote content.
+    log.error("message classification failed", extra={"error_type": type(exc).__name__})
+    log.debug("message classification failed", exc_info=True)
+    span.set_attribute("error.type", type(exc).__name__)
+    return unclassified(frame)
 
 
 class _MessageSpan:

@@ -3,6 +3,7 @@ Plus enhanced-mode acknowledgments."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhirbus.embedded.broker import EmbeddedStack
+from fhirbus.producers.mllp import framing, intake
+from fhirbus.producers.mllp import listener as listener_module
 from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
 from fhirbus.settings import Settings
 
@@ -130,6 +133,39 @@ def test_fuzz_random_bytes_never_get_an_aa(shared_listener: RunningListener, dat
 def test_listener_alive_after_fuzz(shared_listener: RunningListener) -> None:
     with MllpConnection(shared_listener.port) as conn:
         assert ack_code(conn.send(make_message("after-fuzz"))) == "AA"
+
+
+def test_a_classification_bug_gets_a_nak_and_is_kept(
+    settings: Settings,
+    embedded_stack: EmbeddedStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: an exception in classify escaped handle(), and the connection was
+    dropped with no NAK and nothing on the rejected topic."""
+    bad, good = make_message("BUG-1"), make_message("BUG-2")
+
+    def classify(frame: framing.Frame, policy: intake.Policy) -> intake.Verdict:
+        if b"BUG-1" in frame.payload:
+            raise RuntimeError("bug that quotes the message: DOE^JANE")
+        return intake.classify(frame, policy)
+
+    monkeypatch.setattr(listener_module, "classify", classify)
+    caplog.set_level(logging.DEBUG)
+    with running_listener(listener_settings(settings, tmp_path)) as listener:
+        with MllpConnection(listener.port) as conn:
+            nak = conn.send(bad)
+            assert ack_code(conn.send(good)) == "AA"  # same connection, still served
+        rejected = topic_records(embedded_stack.bootstrap, REJECTED_HL7, listener.listener_id, 1)
+        counts = listener.counts
+    assert (ack_code(nak), msa_control_id(nak)) == ("AR", b"BUG-1")
+    assert b"\rERR|" in nak and b"207" in nak
+    assert [(v, h["fhirbus.reject_reason"]) for v, h in rejected] == [(bad, b"internal_error")]
+    assert counts["rejected.internal_error"] == 1 and counts["accepted"] == 1
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert any(r.getMessage() == "message classification failed" for r in loud)
+    assert not any("DOE" in str(r.__dict__) for r in loud)
 
 
 def test_enhanced_mode_follows_msh15(
