@@ -120,19 +120,74 @@ def test_frames_after_bad_input_on_the_same_connection_still_work(
     assert [msa_control_id(a) for a in acks[1::2]] == [b"N-1", b"N-2"]
 
 
+def units_to_answer(data: bytes) -> int:
+    """How many NAKs a connection that sends ``data`` and half-closes must get.
+
+    From the framing rules (framing.py), not from its decoder: the listener discards only
+    padding (CR, LF, space, tab) between frames. Every other byte belongs to a unit that is
+    answered and kept: a frame from VT to FS (a VT inside it is content; oversize is still
+    one unit), or garbage outside a start block, which runs to the next VT (not consumed)
+    or FS (consumed); at end of stream, whatever is left is one more (truncated) unit.
+    """
+    n, i, size = 0, 0, len(data)
+    while True:
+        while i < size and data[i] in b"\r\n \t":
+            i += 1
+        if i == size:
+            return n
+        n += 1
+        if data[i] == 0x0B:
+            end = data.find(b"\x1c", i + 1)
+        else:
+            stops = [p for p in (data.find(b"\x0b", i), data.find(b"\x1c", i)) if p >= 0]
+            end = min(stops, default=-1)
+        if end < 0:
+            return n
+        i = end + 1 if data[end] == 0x1C else end
+
+
+# Random bytes with the framing bytes mixed in often enough that complete frames, garbage
+# between frames and padding all occur, not just one unframed run.
+FUZZ = st.lists(
+    st.one_of(
+        st.binary(max_size=600),
+        st.sampled_from([b"\x0b", b"\x1c", b"\x1c\r", b"\r\n", b" "]),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(data=st.binary(min_size=1, max_size=6000).filter(lambda b: b"MSH" not in b))
+@given(data=FUZZ.filter(lambda b: b"MSH" not in b))
 def test_fuzz_random_bytes_never_get_an_aa(shared_listener: RunningListener, data: bytes) -> None:
     before = shared_listener.counts.get("rejected", 0)
     acks = exchange(shared_listener.port, data)
+    # Not just "no AA": silence would pass that. Every unit gets its NAK, and is kept.
+    assert len(acks) == units_to_answer(data)
     assert all(ack_code(a) in ("AR", "AE") for a in acks)
     assert shared_listener.counts.get("rejected", 0) - before == len(acks)
     assert shared_listener.counts.get("store_failed", 0) == 0
 
 
-def test_listener_alive_after_fuzz(shared_listener: RunningListener) -> None:
+def test_units_to_answer_follows_the_framing_rules() -> None:
+    assert units_to_answer(b"\r\n \t") == 0
+    assert units_to_answer(b"junk") == 1
+    assert units_to_answer(b"junk\x0bframe\x1c\r\n") == 2
+    assert units_to_answer(b"\x0ba\x0bb\x1c\x1c") == 2  # inner VT is content; bare FS
+    assert units_to_answer(b"\x0bpartial") == 1
+
+
+def test_listener_alive_after_fuzz(
+    shared_listener: RunningListener, embedded_stack: EmbeddedStack
+) -> None:
     with MllpConnection(shared_listener.port) as conn:
         assert ack_code(conn.send(make_message("after-fuzz"))) == "AA"
+    # Everything NAKed so far, the fuzz run's units included, is on the rejected topic.
+    total = shared_listener.counts["rejected"]
+    found = topic_records(
+        embedded_stack.bootstrap, REJECTED_HL7, shared_listener.listener_id, total, quiet=0.5
+    )
+    assert len(found) == total
 
 
 def test_a_classification_bug_gets_a_nak_and_is_kept(
