@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from .test_hl7_listener_support import (
     ack_code,
     listener_settings,
     make_message,
+    msa_control_id,
     running_listener,
     topic_records,
     wait_for,
@@ -177,3 +182,71 @@ def test_a_fatal_producer_error_replaces_the_producer(
         counts = listener.counts
     assert [v for v, _ in records] == sent
     assert counts["accepted"] == 4 and counts["producer_recreated"] == 1
+
+
+def send_until_stalled(sock: socket.socket, data: bytes, stall_s: float = 1.0) -> int:
+    """Write ``data`` from a non-blocking socket until no byte went out for ``stall_s``;
+    the number of bytes the kernel took."""
+    sent = 0
+    deadline = time.monotonic() + 15
+    while sent < len(data) and time.monotonic() < deadline:
+        try:
+            sent += sock.send(data[sent : sent + 65536])
+        except BlockingIOError:  # EAGAIN: the send buffer is full
+            _, writable, _ = select.select([], [sock], [], stall_s)
+            if not writable:
+                break
+    return sent
+
+
+def send_rest_and_read_acks(sock: socket.socket, data: bytes, sent: int, n: int) -> list[bytes]:
+    """Send what is left of ``data`` while reading ACKs, until ``n`` ACKs arrived."""
+    buf = b""
+    deadline = time.monotonic() + 30
+    while buf.count(b"\x1c") < n and time.monotonic() < deadline:
+        want_write = [sock] if sent < len(data) else []
+        readable, writable, _ = select.select([sock], want_write, [], 1.0)
+        if writable:
+            with contextlib.suppress(BlockingIOError):
+                sent += sock.send(data[sent : sent + 65536])
+        if readable:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            buf += chunk
+    return [frame.lstrip(b"\r\x0b") for frame in buf.split(b"\x1c")[:-1]]
+
+
+def test_a_silent_broker_stops_the_socket_reads_instead_of_buffering(
+    settings: Settings, broker_outage: EmbeddedStack, tmp_path: Path
+) -> None:
+    """Backpressure (issue 3, part 1): while the first message waits for the broker, the
+    listener buffers at most its high-water mark and then stops reading, so the sender's
+    writes stall long before it sent everything; nothing is lost once the broker is back."""
+    stack = broker_outage
+    # Longer than the stall takes to show, so the message waits instead of being spooled.
+    conf = listener_settings(settings, tmp_path, broker_confirm_timeout_s=25.0)
+    messages = [make_message(f"BP-{i}", "NTE|1||" + "x" * 2000) for i in range(4000)]
+    data = b"".join(b"\x0b" + m + b"\x1c\r" for m in messages)
+    with running_listener(conf) as listener:
+        stack.broker_down()
+        with socket.socket() as sock:
+            # A fixed send buffer: Linux autotunes it up to tcp_wmem's maximum (4 MiB here),
+            # which would hide the listener's own bound behind the client's.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", listener.port))
+            sock.setblocking(False)
+            sent = send_until_stalled(sock, data)
+            # What can be in flight: the client's send buffer, the listener's receive
+            # buffer, one read and the high-water mark (128 KiB); about 0.8 MiB here.
+            # Without the pause the whole 8 MiB goes through.
+            assert sent < min(2 << 20, len(data) // 4), sent
+            assert listener.counts["received"] == 1  # still waiting on the first one
+            stack.broker_up()
+            acks = send_rest_and_read_acks(sock, data, sent, len(messages))
+        records = topic_records(stack.bootstrap, RAW_HL7, listener.listener_id, len(messages))
+        counts = listener.counts
+    assert [ack_code(a) for a in acks] == ["AA"] * len(messages)
+    assert [msa_control_id(a) for a in acks] == [f"BP-{i}".encode() for i in range(len(messages))]
+    assert [v for v, _ in records] == messages
+    assert counts["accepted"] == len(messages) and counts.get("spooled", 0) == 0
