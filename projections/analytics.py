@@ -6,6 +6,12 @@ about one patient can be counted together, but not reversible or recomputable wi
 secret); fact keys and tie-breakers are keyed hashes too; dates are coarsened to the
 configured granularity. Facts feed aggregates: daily result volumes by LOINC, abnormal
 rates, encounter counts by class.
+
+Versions are shifted too. A resource version is the source's time in milliseconds times
+10,000 plus a rank (consumers/canonicalizer/identity.py), so stored as it is it would give
+every fact its exact time back, whatever the granularity. Each row key gets its own keyed
+offset, spread over centuries: the order of one resource's versions, all that stale and
+duplicate handling compares, is kept; the time is not recoverable without the secret.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from fhirbus.schemas.topics import canonical_topic
 from .core import Effect, Fact, FactSpec, Projection, TableSpec, Versioned, current_table_ddl
 from .fhir import LOINC, Json, first_coding, patient_of, ref_id
 from .migrations import COMMON, Migration
+from .store import Tx
 
 NAME = "analytics"
 Granularity = Literal["day", "week", "month"]
@@ -36,7 +43,7 @@ RESULTS = TableSpec("result_facts", ("patient_token", "loinc", "day", "status", 
                     {"abnormal": "INTEGER"})
 ENCOUNTERS = TableSpec("encounter_facts", ("patient_token", "class_code", "status", "day"))
 TOKEN_LINKS = FactSpec("token_links", ("retired_token", "survivor_token"))
-MIGRATIONS = (
+BASE_MIGRATIONS = (
     COMMON,
     Migration(2, "analytics facts", (
         current_table_ddl(RESULTS),
@@ -59,6 +66,15 @@ class AnalyticsOptions:
 
     def token(self, kind: str, value: str) -> str:
         return hmac.new(self.secret, f"{kind}\x1f{value}".encode(), hashlib.sha256).hexdigest()
+
+    def version(self, key: str, version: int) -> int:
+        """``version`` plus the row key's own offset (see the module docstring)."""
+        return version + self.offset(key)
+
+    def offset(self, key: str) -> int:
+        # 56 bits: up to ~228 years of version time, and far inside a BIGINT with it.
+        digest = hmac.new(self.secret, f"version\x1f{key}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:7], "big")
 
 
 def coarsen(value: str | datetime | None, granularity: Granularity) -> str | None:
@@ -116,8 +132,8 @@ def make_project(opts: AnalyticsOptions) -> Any:
         values = (token, *facts_of(body, event, opts))
         # No event type, time or content in history: the token-keyed set of versions is
         # all the de-duplication needs.
-        return [Versioned(table, opts.token(event.resource_type, event.resource_id),
-                          event.resource_version, values,
+        key = opts.token(event.resource_type, event.resource_id)
+        return [Versioned(table, key, opts.version(key, event.resource_version), values,
                           opts.token("event", event.event_id), status=body.get("status"))]
 
     return project
@@ -147,11 +163,28 @@ def options_from(secret: str | None, granularity: Granularity) -> AnalyticsOptio
     return AnalyticsOptions(secret.encode(), granularity)
 
 
+def migrations(opts: AnalyticsOptions) -> tuple[Migration, ...]:
+    """The base schema, then the shift of versions stored before they were shifted."""
+    return (*BASE_MIGRATIONS,
+            Migration(3, "keyed version offsets", (), lambda tx, p: _shift(tx, p, opts)))
+
+
+def _shift(tx: Tx, p: str, opts: AnalyticsOptions) -> None:
+    """Give rows written with raw versions their key's offset (empty on a new model)."""
+    for spec in (RESULTS, ENCOUNTERS):
+        rows = tx.execute(f"SELECT id FROM {p}{spec.name}")
+        tx.executemany(f"UPDATE {p}{spec.name} SET version = version + ? WHERE id = ?",
+                       [(opts.offset(key), key) for (key,) in rows])
+        rows = tx.execute(f"SELECT DISTINCT key FROM {p}history WHERE kind = ?", (spec.name,))
+        tx.executemany(f"UPDATE {p}history SET version = version + ? WHERE kind = ? AND key = ?",
+                       [(opts.offset(key), spec.name, key) for (key,) in rows])
+
+
 def build(opts: AnalyticsOptions) -> Projection:
     return Projection(
         name=NAME,
         topics=tuple(canonical_topic(r) for r in ("Patient", "Observation", "Encounter")),
-        migrations=MIGRATIONS,
+        migrations=migrations(opts),
         tables=(RESULTS, ENCOUNTERS),
         facts=(TOKEN_LINKS,),
         project=make_project(opts),

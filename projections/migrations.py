@@ -8,7 +8,7 @@ it in ``fhirbus_schema_migrations``. Statements use ``{p}`` for the table prefix
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +23,9 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    # A step SQL cannot express (it needs a key the database must not hold), run after the
+    # statements in the same transaction, with the table prefix.
+    rewrite: Callable[[Tx, str], None] | None = None
 
 
 # Tables every projection has: where it is in each partition, its counters, and the set
@@ -91,6 +94,8 @@ def migrate(
                 continue
             for statement in m.statements:
                 tx.execute(statement.replace("{p}", p))
+            if m.rewrite is not None:
+                m.rewrite(tx, p)
             tx.execute(
                 f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?, ?, ?)",
                 (projection, generation, m.version, m.description, _now()),

@@ -4,12 +4,15 @@ name, address, MRN, identifier and raw id fed in; aggregates; the secret is requ
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import orjson
 import pytest
 
 from fhirbus.cli import main
+from fhirbus.consumers.canonicalizer.identity import VERSION_TIME_FACTOR
 from fhirbus.projections import analytics, app, queries, testing
+from fhirbus.projections.core import Effect, Versioned
 from fhirbus.projections.sink import ProjectionSink, prepare
 from fhirbus.projections.store import Store
 from fhirbus.schemas.envelope import CanonicalEvent
@@ -151,3 +154,49 @@ def test_missing_secret_stops_the_projection_naming_the_setting(
         app.build_projection("analytics", settings)
     assert main(["project", "analytics", "--max-records", "1"]) == 2
     assert "FHIRBUS_PROJECTIONS__ANALYTICS_SECRET" in capsys.readouterr().err
+
+
+def _integer_cells(store: Store) -> list[tuple[str, int]]:
+    return [(t, int(v)) for t, v in all_cells(store)
+            if t.startswith("analytics_") and v.lstrip("-").isdigit()]
+
+
+def test_no_stored_number_gives_a_fact_its_exact_time_back(store: Store) -> None:
+    # Regression: versions (source time in ms x 10,000 + rank) were stored as they are,
+    # so with granularity "month" every fact still carried its time to the millisecond.
+    opts = analytics.AnalyticsOptions(OPTS.secret, "month")
+    projection = analytics.build(opts)
+    prepare(store, projection)
+    events = crafted_events()
+    testing.apply_events(ProjectionSink(store, projection), events, batch=4)
+    times = {e.resource_version // VERSION_TIME_FACTOR for e in events}
+    numbers = _integer_cells(store)
+    assert len(numbers) > 10, "the scan must see the versions"
+    day_ms = 86_400_000
+    near = [(t, n) for t, n in numbers for ms in times
+            if abs(n // VERSION_TIME_FACTOR - ms) < 366 * day_ms]
+    assert near == []
+
+
+def test_versions_stored_raw_are_shifted_by_the_migration(store: Store) -> None:
+    older, newer = (testing.map_hl7(oru("MRN-QX-4471", "Zebulonski", "4471 Quixote Lane",
+                                        "2093-3", flag, ts, "V1"), n)
+                    for n, (flag, ts) in enumerate((("H", "20260301101500"),
+                                                    ("N", "20260301111500"))))
+    new = analytics.build(OPTS)
+
+    def unshifted(event: CanonicalEvent) -> list[Effect]:  # as before the migration
+        return [replace(e, version=e.version - OPTS.offset(e.key))
+                if isinstance(e, Versioned) else e for e in new.project(event)]
+
+    old = replace(new, migrations=analytics.BASE_MIGRATIONS, project=unshifted)
+    prepare(store, old)
+    testing.apply_events(ProjectionSink(store, old), newer)
+    prepare(store, new)  # migration 3 shifts what the old code stored
+    stale = testing.apply_events(ProjectionSink(store, new), older)
+    assert stale["stale"] >= 1 and stale["applied"] == 0
+    with queries.reading(store, "analytics") as (tx, p):
+        rows = tx.execute(f"SELECT id, version, abnormal FROM {p}result_facts")
+    observation = next(e for e in newer if e.resource_type == "Observation")
+    [(key, version, abnormal)] = rows
+    assert (version, abnormal) == (OPTS.version(key, observation.resource_version), 0)
