@@ -22,7 +22,7 @@ from fhirbus.hl7 import split_batch
 from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
 from fhirbus.settings import Settings
 
-from ..unit.test_mllp_intake import INVALID_OUTCOMES, KNOWN_NAK
+from ..unit.test_mllp_intake import INVALID_OUTCOMES
 from .test_hl7_listener_support import (
     ack_code,
     listener_settings,
@@ -35,7 +35,7 @@ from .test_hl7_listener_support import (
 def valid_messages(corpus_dir: Path) -> list[tuple[str, bytes]]:
     out = []
     for path in sorted((corpus_dir / "hl7v2").rglob("*.hl7")):
-        if path.parent.name != "invalid" and path.name not in KNOWN_NAK:
+        if path.parent.name != "invalid":
             out += [(path.name, raw) for raw in split_batch(path.read_bytes())]
     return out
 
@@ -102,7 +102,6 @@ def test_invalid_corpus_is_nakked_and_kept_with_its_reason(
     settings: Settings, embedded_stack: EmbeddedStack, corpus_dir: Path, tmp_path: Path
 ) -> None:
     files = sorted((corpus_dir / "hl7v2" / "invalid").glob("*.hl7"))
-    files += [corpus_dir / "hl7v2" / "adt" / name for name in sorted(KNOWN_NAK)]
     with running_listener(listener_settings(settings, tmp_path)) as listener:
         with MLLPClient("127.0.0.1", listener.port) as client:
             acks = {p.name: client.send_message(p.read_bytes()) for p in files}
@@ -110,7 +109,7 @@ def test_invalid_corpus_is_nakked_and_kept_with_its_reason(
         rejected = topic_records(
             embedded_stack.bootstrap, REJECTED_HL7, listener.listener_id, len(nakked)
         )
-    expected = {**INVALID_OUTCOMES, **{n: ("AR", "bad_encoding_characters") for n in KNOWN_NAK}}
+    expected = INVALID_OUTCOMES
     for path in files:
         code = expected[path.name][0]
         ack = acks[path.name]
