@@ -264,6 +264,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     # Imported here, not at the top: the sender processes import this file and need neither.
+    from hiccups import HiccupMeter
+
     from fhirbus.embedded.broker import EmbeddedStack
 
     raw = template()
@@ -283,7 +285,8 @@ def main() -> int:
             )
             cpu1, broker_cpu = listener_cpu(proc.pid), time.process_time() - broker0
             published = raw_topic_count(stack.bootstrap) - before
-            lat = steady(port, args.rate, args.seconds, raw, processes=args.processes)
+            with HiccupMeter() as hiccups:
+                lat = steady(port, args.rate, args.seconds, raw, processes=args.processes)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -313,6 +316,7 @@ def main() -> int:
         f"max={lat[-1] * 1000:.1f} ms  mean={statistics.fmean(lat) * 1000:.2f} ms"
         "   target p99 <= 20 ms"
     )
+    print(f"  during the latency run, {hiccups.summary()}")
     if args.parser_seconds > 0:
         parser_comparison(args.parser_seconds)
     return 0

@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from hiccups import HiccupMeter
+
 from fhirbus import telemetry
 from fhirbus.consumers.canonicalizer import load_site_config
 from fhirbus.consumers.canonicalizer.context import RawRef
@@ -270,10 +272,11 @@ def bench_latency(rate: float, seconds: float, canonicalizers: int = 1) -> None:
                 time.sleep(10)  # the group's members join one by one: let it settle first
             senders = [threading.Thread(target=_send_offset, args=(port, raws, k, 4, rate,
                                                                    acked)) for k in range(4)]
-            for t in senders:
-                t.start()
-            for t in senders:
-                t.join()
+            with HiccupMeter() as hiccups:
+                for t in senders:
+                    t.start()
+                for t in senders:
+                    t.join()
             deadline = time.monotonic() + 60
             while len(seen) < len(acked) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -294,6 +297,7 @@ def bench_latency(rate: float, seconds: float, canonicalizers: int = 1) -> None:
           f"mean={statistics.fmean(lat) * 1000:.1f} ms   target p50 <= 50 ms, p99 <= 250 ms")
     print(f"   CPU seconds used (a {seconds:.0f} s run, 2 cores): listener {cpu[0]:.1f}, "
           f"canonicalizer {sum(cpu[2:]):.1f}, projection {cpu[1]:.1f}")
+    print(f"   while sending, {hiccups.summary()}")
 
 
 def _cpu_seconds(pid: int) -> float:
