@@ -19,6 +19,7 @@ from fhirbus.kafka.config import producer_config, resolve_registry_url
 from fhirbus.kafka.producer import Producer
 from fhirbus.projections import app, positions, testing
 from fhirbus.projections.migrations import prefix
+from fhirbus.projections.rebuild import watermarks
 from fhirbus.projections.store import open_store
 from fhirbus.schemas.envelope import CanonicalEvent
 from fhirbus.schemas.serde import EnvelopeSerde, registry_client
@@ -76,6 +77,16 @@ def _events_applied(dsn: str, name: str) -> int:
         store.close()
 
 
+def _stored_positions(dsn: str, name: str) -> dict[tuple[str, int], int]:
+    """The next offsets the projection stored with its read model (what a restart resumes at)."""
+    store = open_store(dsn)
+    try:
+        with store.transaction(lock=False) as tx:
+            return positions.load(tx, prefix(name, 1))
+    finally:
+        store.close()
+
+
 def _spawn(name: str, dsn: str, group: str, repo: Path, idle_exit: float | None
            ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "fhirbus.cli", "project", name, "--group", group,
@@ -115,12 +126,22 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(
     first.wait(10)
     killed_at = _events_applied(crashed, name)
     assert 0 < killed_at < total, "the kill must land while work remains"
+    stored = _stored_positions(crashed, name)
+    marks = watermarks(settings, sorted(topics))
+    # Positions and counters share each batch's transaction: what is stored is what was applied.
+    assert sum(stored.get(tp, low) - low for tp, (low, _) in marks.items()) == killed_at
+    remaining = sum(high - stored.get(tp, low) for tp, (low, high) in marks.items())
+    assert remaining == total - killed_at
 
     second = _spawn(name, crashed, f"{name}-kill-{unique}", repo_root, idle_exit=5)
     assert second.wait(180) == 0
 
     app.run(name, _settings(reference), group=f"{name}-ref-{unique}", idle_exit_s=5,
             install_signals=False)
-    # At-least-once delivery across the crash: some records are applied twice (no-ops).
-    assert _events_applied(crashed, name) >= total
+    # The restart resumed at the stored offsets: it consumed exactly what was left, no more
+    # (a restart from the beginning, or from the group's Kafka offsets, would re-read some).
+    assert _events_applied(crashed, name) - killed_at == remaining
+    final = _stored_positions(crashed, name)
+    assert {tp: final.get(tp, low) for tp, (low, _) in marks.items()} == {
+        tp: high for tp, (_, high) in marks.items()}
     assert _dump(crashed, name) == _dump(reference, name)
