@@ -118,3 +118,33 @@ def test_rebuild_swaps_in_a_caught_up_generation_while_the_old_one_serves(
             for s in stores:
                 s.close()
         assert live_dump == ref_dump
+
+
+def test_the_rebuild_command_swaps_and_says_so(
+    settings: Settings, tmp_path: Path, unique: str, repo_root: Path
+) -> None:
+    """`fhirbus project rebuild ehr` as an operator runs it: a new generation from the
+    canonical topics, swapped in, the same rows as the one it replaced."""
+    _publish(settings, testing.synthetic_history(40, seed=int(unique[:4], 16) + 1))
+    dsn = f"sqlite://{tmp_path / 'ehr.sqlite'}"
+    env = {**os.environ, "FHIRBUS_PROJECTIONS__DSN": dsn}
+    cli = [sys.executable, "-m", "fhirbus.cli", "project"]
+    first = subprocess.run([*cli, "ehr", "--group", f"ehr-cli-{unique}", "--idle-exit", "3"],
+                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-2000:]
+    store = open_store(dsn)
+    try:
+        before = testing.dump(store, ehr.build())
+    finally:
+        store.close()
+    assert sum(map(len, before.values())) > 100, "the first run projected the history"
+    done = subprocess.run([*cli, "rebuild", "ehr", "--timeout", "120"], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "generation 2 swapped in" in done.stdout and "generation 1 dropped" in done.stdout
+    assert _state(dsn)[0] == 2
+    store = open_store(dsn)
+    try:
+        assert testing.dump(store, ehr.build()) == before
+    finally:
+        store.close()
