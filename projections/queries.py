@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -82,8 +83,25 @@ def patient_chart(store: Store, patient_id: str) -> dict[str, Any]:
                 marks = ", ".join("?" * len(chunk))
                 rows += _rows(tx, f"SELECT {', '.join(cols)} FROM {p}{table.name} "
                               f"WHERE patient_id IN ({marks})", chunk, cols)
-            chart[table.name] = sorted(rows, key=lambda r, o=order: (r[o] or "", r["id"]))
+            chart[table.name] = sorted(rows, key=lambda r, o=order: (_instant(r[o]), r["id"]))
         return chart
+
+
+def _instant(value: str | None) -> str:
+    """A chart date as text that sorts in time order.
+
+    FHIR dateTimes keep the sender's UTC offset (``2008-01-31T15:55:00+02:15``), so as text
+    they sort by local clock time across senders; with an offset they are compared in UTC.
+    Dates without a time (``2008-01-31``, ``2008-01``) stay as they are: they are prefixes
+    of the UTC form, so they sort before the times of their own day.
+    """
+    if not value or len(value) <= 10:
+        return value or ""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return when.astimezone(UTC).isoformat() if when.tzinfo is not None else value
 
 
 def result_history(store: Store, result_id: str) -> list[dict[str, Any]]:

@@ -147,3 +147,27 @@ def test_corpus_message_fills_the_chart_then_later_updates_and_older_is_ignored(
     counts = testing.apply_events(sink, older)
     assert counts["applied"] == 0 and counts["stale"] >= 1
     assert _row(store, patient, case.table) == updated
+
+
+def test_chart_dates_sort_by_instant_whatever_the_senders_offset(
+    sink: ProjectionSink, store: Store, corpus_dir: Path
+) -> None:
+    # Regression: rows sorted by their date text, so 15:55+02:15 (13:40 UTC) came after
+    # 14:00 UTC, local clock order instead of time order.
+    raw = (corpus_dir / "hl7v2" / "mdm/msft-MDM-T02-01.hl7").read_bytes()
+    number = b"1.2.840.317.5947431.51.20080131160038"
+    utc = _edit(raw, ((b"TXA|1|DI|TX|200801311555+0215|", b"TXA|1|DI|TX|200801311400+0000|"),
+                      (number, number + b".2"), (b"|PS1-20080131160038|", b"|PS1-2|")))
+    events = [*_map(raw, 0), *_map(utc, 1)]
+    testing.apply_events(sink, events)
+    chart = queries.patient_chart(store, _one(_map(raw, 0), "Patient").resource_id)
+    dates = [row["doc_date"] for row in chart["documents"]]
+    assert dates == ["2008-01-31T15:55:00+02:15", "2008-01-31T14:00:00Z"]
+
+
+def test_instant_keeps_dates_without_a_time_as_they_are() -> None:
+    assert queries._instant("2008-01-31") == "2008-01-31"
+    assert queries._instant("2008-01") == "2008-01"
+    assert queries._instant(None) == ""
+    assert queries._instant("2008-01-31T15:55:00+02:15") == "2008-01-31T13:40:00+00:00"
+    assert queries._instant("2008-01-31T15:55:00") == "2008-01-31T15:55:00"
