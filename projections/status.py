@@ -25,8 +25,11 @@ def status_of(name: str, settings: Settings, store: Store, with_lag: bool = True
         ensure_catalog(tx)  # an empty catalog on a fresh database, rather than an error
         gen = pos.active(tx, name)
         if gen is None:
-            return {"projection": name, "started": False,
-                    "store": describe(dsn_for(name, settings))}
+            # Never started: the lag is everything on its topics, the backlog a first
+            # start will work through.
+            fresh = {"projection": name, "started": False,
+                     "store": describe(dsn_for(name, settings))}
+            return {**fresh, **(_lag(name, settings, {}) if with_lag else {})}
         p = prefix(name, gen)
         stored = pos.load(tx, p)
         stats = pos.load_stats(tx, p)
@@ -43,20 +46,27 @@ def status_of(name: str, settings: Settings, store: Store, with_lag: bool = True
         "apply_latency_max_ms": stats.get("apply_us_max", 0) / 1000,
     }
     if with_lag:
-        from .rebuild import watermarks
-
-        topics = list(build_projection(name, settings).topics)
-        marks = watermarks(settings, topics)
-        lag = {tp: high - stored.get(tp, low) for tp, (low, high) in marks.items()}
-        status["lag"] = sum(lag.values())
-        status["lag_by_partition"] = {f"{t}[{part}]": v for (t, part), v in sorted(lag.items())}
+        status.update(_lag(name, settings, stored))
     return status
+
+
+def _lag(name: str, settings: Settings, stored: dict[Any, int]) -> dict[str, Any]:
+    """Lag per partition: the high watermark less the stored next offset (or the low one)."""
+    from .rebuild import watermarks
+
+    topics = list(build_projection(name, settings).topics)
+    marks = watermarks(settings, topics)
+    lag = {tp: high - stored.get(tp, low) for tp, (low, high) in marks.items()}
+    return {"lag": sum(lag.values()),
+            "lag_by_partition": {f"{t}[{part}]": v for (t, part), v in sorted(lag.items())}}
 
 
 def projection_status(name: str, settings: Settings, store: Store, with_lag: bool = True) -> str:
     s = status_of(name, settings, store, with_lag)
     if not s["started"]:
-        return f"{name}: not started ({s['store']})"
+        waiting = f"; lag={s['lag']} over {len(s['lag_by_partition'])} partition(s)" \
+            if "lag" in s else ""
+        return f"{name}: not started ({s['store']}){waiting}"
     lines = [
         f"{name}: generation {s['generation']}, schema v{s['schema_version']}, {s['store']}",
         f"  events={s['events']} applied={s['applied']} "
