@@ -11,13 +11,18 @@ merge or split messages:
 * Bytes outside a frame are reported as a ``missing_start_block`` frame (so they can be
   NACKed and kept), never silently skipped.
 * A frame longer than the limit is reported once, when its end arrives, with its first
-  ``max_bytes`` bytes; the rest is discarded as it streams in, so memory stays bounded.
+  ``max_bytes`` bytes; the rest is not held, so memory stays bounded. Given a ``spill``
+  factory, the decoder hands an oversize unit's bytes (head first, then the rest as it
+  streams in) to a writer it makes for that unit (claimcheck.py), else it discards them.
+  Units within the limit never touch it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 START_BLOCK = 0x0B
 END_BLOCK = 0x1C
@@ -51,6 +56,21 @@ class Frame:
         return self.size > len(self.payload)
 
 
+class Spill(Protocol):
+    """Where an oversize unit's bytes go: head first, then the rest in order."""
+
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpilledFrame(Frame):
+    """An oversize unit whose bytes, head included, went to ``spill`` as they arrived."""
+
+    spill: Spill | None = None
+
+
 def encode_frame(payload: bytes) -> bytes:
     return _START + payload + b"\x1c\r"
 
@@ -58,8 +78,10 @@ def encode_frame(payload: bytes) -> bytes:
 class MllpDecoder:
     """Feed bytes in, take frames out. Holds at most ``max_bytes`` plus one read chunk."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, spill: Callable[[], Spill] | None = None) -> None:
         self.max_bytes = max_bytes
+        self._new_spill = spill
+        self._spill: Spill | None = None  # the current unit's, once it went over the limit
         self._buf = bytearray()
         self._state = _IDLE
         self._scan = 0  # where to resume looking for the end block in _buf
@@ -111,8 +133,8 @@ class MllpDecoder:
         end = buf.find(_END, self._scan)
         if end < 0:
             if len(buf) > self.max_bytes:
-                # Keep the head (it holds MSH, for the NACK), drop the tail as it streams.
-                self._dropped += len(buf) - self.max_bytes
+                # Keep the head (it holds MSH, for the NACK), pass on the tail as it streams.
+                self._overflow(buf)
                 del buf[self.max_bytes :]
                 self._state = _DISCARD
             self._scan = len(buf)
@@ -121,7 +143,7 @@ class MllpDecoder:
         del buf[: end + 1]
         self._state = _IDLE
         if len(payload) > self.max_bytes:
-            return Frame(payload[: self.max_bytes], TOO_LARGE, len(payload))
+            return self._unit(payload, TOO_LARGE)
         return Frame(payload, None, len(payload))
 
     def _scan_outside(self) -> Frame | None:
@@ -140,18 +162,37 @@ class MllpDecoder:
     def _trim_to_limit(self) -> None:
         buf = self._buf
         if len(buf) > self.max_bytes:
-            self._dropped += len(buf) - self.max_bytes
+            self._overflow(buf)
             del buf[self.max_bytes :]
         self._scan = len(buf)
 
     def _finish_outside(self, head: bytes) -> Frame:
-        reason = TOO_LARGE if self._state == _DISCARD else MISSING_START_BLOCK
-        size = len(head) + self._dropped
+        return self._unit(head, TOO_LARGE if self._state == _DISCARD else MISSING_START_BLOCK)
+
+    def _overflow(self, data: bytes | bytearray) -> None:
+        """``data`` starts with the unit's head; what is past the limit is counted and spilled.
+        The first time for a unit, the spill gets the head too, so it holds the whole unit."""
+        limit = self.max_bytes
+        self._dropped += len(data) - limit
+        if self._new_spill is None:
+            return
+        if self._spill is None:
+            self._spill = self._new_spill()
+            self._spill.write(data[:limit])
+        self._spill.write(data[limit:])
+
+    def _unit(self, head: bytes, reason: str) -> Frame:
+        """A finished unit in error: its head cut to the limit, with its spill if it has one."""
         if len(head) > self.max_bytes:
+            self._overflow(head)
             head = head[: self.max_bytes]
+        size = len(head) + self._dropped
+        spill, self._spill = self._spill, None
         self._state = _IDLE
         self._dropped = 0
-        return Frame(head, reason, size)
+        if spill is None:
+            return Frame(head, reason, size)
+        return SpilledFrame(head, reason, size, spill)
 
     def finish(self) -> Frame | None:
         """At end of stream (or idle timeout): whatever partial frame is left, else None."""
@@ -161,21 +202,30 @@ class MllpDecoder:
                 return None
             self._enter_frame()
         head = bytes(self._buf)
-        size = len(head) + self._dropped
         reason = {_FRAME: TRUNCATED, _GARBAGE: MISSING_START_BLOCK}.get(self._state, TOO_LARGE)
         self._buf.clear()
-        self._state = _IDLE
-        self._dropped = 0
-        return Frame(head, reason, size)
+        return self._unit(head, reason)
+
+    def close(self) -> None:
+        """The stream is gone without its last unit being taken: drop that unit's spill."""
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.abort()
 
 
 class FrameReader:
     """Frames from an asyncio StreamReader. Reads only when no complete frame is buffered,
     so a sender that pipelines is held back by TCP flow control (backpressure)."""
 
-    def __init__(self, reader: asyncio.StreamReader, max_bytes: int, chunk: int = 65536) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        max_bytes: int,
+        chunk: int = 65536,
+        spill: Callable[[], Spill] | None = None,
+    ) -> None:
         self._reader = reader
-        self._decoder = MllpDecoder(max_bytes)
+        self._decoder = MllpDecoder(max_bytes, spill)
         self._chunk = chunk
         self._eof = False
 

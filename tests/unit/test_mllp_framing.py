@@ -14,6 +14,7 @@ from fhirbus.producers.mllp.framing import (
     Frame,
     FrameReader,
     MllpDecoder,
+    SpilledFrame,
     encode_frame,
 )
 
@@ -155,3 +156,85 @@ def test_random_bytes_never_raise_and_stay_within_limits(data: bytes, max_bytes:
     content = len(data) - sum(data.count(c) for c in b"\x0b\x1c")
     assert accounted <= len(data)
     assert accounted >= content - sum(data.count(c) for c in b"\r\n \t")
+
+
+class MemorySpill:
+    """A claim check in memory: what the decoder hands over, in order."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.data += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def spilled(chunks: list[bytes], max_bytes: int) -> tuple[list[Frame], list[MemorySpill]]:
+    made: list[MemorySpill] = []
+
+    def new() -> MemorySpill:
+        made.append(MemorySpill())
+        return made[-1]
+
+    decoder, frames = MllpDecoder(max_bytes, new), []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        while (frame := decoder.next_frame()) is not None:
+            frames.append(frame)
+    if (last := decoder.finish()) is not None:
+        frames.append(last)
+    return frames, made
+
+
+def test_oversize_frame_spills_head_and_tail_and_normal_frames_do_not() -> None:
+    big = b"MSH|" + b"x" * 5000
+    wire = encode_frame(MSG) + encode_frame(big) + encode_frame(MSG)
+    frames, made = spilled([wire[i : i + 100] for i in range(0, len(wire), 100)], 1024)
+    assert [type(f) for f in frames] == [Frame, SpilledFrame, Frame]
+    assert len(made) == 1 and frames[1].spill is made[0]
+    assert bytes(made[0].data) == big and frames[1].payload == big[:1024]
+    assert frames[1].size == len(big) and frames[1].error == TOO_LARGE
+
+
+def test_garbage_run_over_the_limit_spills_and_a_cut_stream_aborts() -> None:
+    junk = b"junk" * 1000
+    frames, made = spilled([junk, b"\x1c"], 1024)
+    assert frames[0].error == MISSING_START_BLOCK and bytes(made[0].data) == junk
+    decoder = MllpDecoder(16, lambda: made[0])
+    decoder.feed(b"\x0b" + b"y" * 100)
+    assert decoder.next_frame() is None
+    decoder.close()  # the connection broke: this unit is never reported
+    assert made[0].aborted
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=st.binary(min_size=1, max_size=400).map(lambda b: b.replace(b"\x1c", b"")),
+    framed=st.booleans(),
+    max_bytes=st.sampled_from([16, 64, 1024]),
+    cut=st.lists(st.integers(min_value=1, max_value=90), max_size=30),
+)
+def test_any_chunking_spills_exactly_the_unit(
+    content: bytes, framed: bool, max_bytes: int, cut: list[int]
+) -> None:
+    """Head + claim check == the unit's content: every byte, in order, for any chunking."""
+    if not framed:  # garbage: starts after the padding, runs to the next VT or FS
+        content = content.replace(b"\x0b", b"").lstrip(b"\r\n \t") or b"z"
+    wire = (b"\x0b" if framed else b"") + content + b"\x1c\r" + encode_frame(MSG)
+    chunks, pos = [], 0
+    for n in cut:
+        chunks.append(wire[pos : pos + n])
+        pos += n
+    chunks.append(wire[pos:])
+    frames, made = spilled(chunks, max_bytes)
+    unit, after = frames
+    assert after.payload == MSG[:max_bytes] and after.size == len(MSG)
+    assert unit.payload == content[:max_bytes] and unit.size == len(content)
+    oversize = len(content) > max_bytes
+    assert isinstance(unit, SpilledFrame) == oversize
+    assert len(made) == oversize + (len(MSG) > max_bytes)
+    if oversize:
+        assert unit.spill is made[0] and bytes(made[0].data) == content
