@@ -68,6 +68,12 @@ class Hl7ListenerSettings(BaseModel):
     # How long the broker may take to confirm before the message is spooled locally.
     broker_confirm_timeout_s: float = Field(2.0, gt=0)
     spool_path: Path | None = None  # default: <state_dir>/spool/<listener_id>.sqlite
+    # Claim checks: an oversize message's full bytes go to a file here, named in its
+    # rejected record (producers/mllp/claimcheck.py). Default: <state_dir>/rejected/<id>/.
+    oversize_dir: Path | None = None
+    # At most this much per claim-check file; the rest is discarded (fhirbus.truncated).
+    # 0 turns claim checks off: only the first max_message_bytes are kept.
+    max_oversize_bytes: int = Field(64 * 1_048_576, ge=0)
     duplicate_window_s: float = Field(3600.0, ge=0)
     supported_versions: list[str] = Field(
         default_factory=lambda: ["2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6",

@@ -17,6 +17,7 @@ from fhirbus.kafka.config import producer_config
 from fhirbus.kafka.producer import Producer
 from fhirbus.settings import Hl7ListenerSettings, Settings
 
+from .claimcheck import ClaimChecks
 from .listener import MllpListener
 from .server import MllpServer
 from .spool import Spool
@@ -30,6 +31,19 @@ _RECORD_HEADROOM = 64 * 1024
 def spool_path(settings: Settings) -> Path:
     conf = settings.hl7
     return conf.spool_path or settings.state_dir / "spool" / f"{conf.listener_id}.sqlite"
+
+
+def oversize_dir(settings: Settings) -> Path:
+    conf = settings.hl7
+    return conf.oversize_dir or settings.state_dir / "rejected" / conf.listener_id
+
+
+def claim_checks(settings: Settings) -> ClaimChecks | None:
+    """Where oversize units go whole; None when ``max_oversize_bytes`` is 0 (head only)."""
+    conf = settings.hl7
+    if conf.max_oversize_bytes <= 0:
+        return None
+    return ClaimChecks(oversize_dir(settings), conf.listener_id, conf.max_oversize_bytes)
 
 
 def listener_producer_config(settings: Settings) -> dict[str, Any]:
@@ -85,7 +99,9 @@ class ListenerApp:
             claims=claims,
         )
         # on_closed: a worker tells its parent, which balances connections by their count.
-        self.server = MllpServer(self.conf, self.listener.handle, on_closed=on_closed)
+        self.server = MllpServer(
+            self.conf, self.listener.handle, on_closed=on_closed, spill=claim_checks(settings)
+        )
 
     def _new_producer(self) -> Producer:
         return Producer(

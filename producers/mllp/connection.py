@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
-from .framing import Frame, MllpDecoder
+from .framing import Frame, MllpDecoder, Spill
 
 # Stop reading from the socket when this much is buffered beyond what is being handled
 # (the old StreamReader paused at twice its 64 KiB limit).
@@ -25,8 +25,13 @@ _HIGH_WATER = 128 * 1024
 
 
 class MllpConnection(asyncio.Protocol):
-    def __init__(self, max_bytes: int, on_open: Callable[[MllpConnection], None]) -> None:
-        self._decoder = MllpDecoder(max_bytes)
+    def __init__(
+        self,
+        max_bytes: int,
+        on_open: Callable[[MllpConnection], None],
+        spill: Callable[[], Spill] | None = None,
+    ) -> None:
+        self._decoder = MllpDecoder(max_bytes, spill)
         self._on_open = on_open
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -112,6 +117,10 @@ class MllpConnection(asyncio.Protocol):
     def abandon(self) -> Frame | None:
         """The partial frame left when the connection is given up (idle timeout)."""
         return self._decoder.finish()
+
+    def release(self) -> None:
+        """Served: a unit cut off by a broken connection is never reported; drop its file."""
+        self._decoder.close()
 
     async def write(self, data: bytes) -> None:
         """Write and wait until the transport's buffer is below its high-water mark."""

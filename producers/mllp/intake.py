@@ -25,6 +25,7 @@ from fhirbus.hl7 import (
 
 from . import framing
 from .ack import AckError, AckHeader
+from .claimcheck import ClaimCheck
 
 Headers = list[tuple[str, bytes]]
 # Reject reason for a frame whose classification raised: our bug, not the sender's.
@@ -237,9 +238,26 @@ def rejected_record(
         ("fhirbus.error_detail", (error.text if error else "").encode()),
         ("fhirbus.size", str(frame.size).encode()),
     ])
-    if frame.truncated:
+    truncated = frame.truncated
+    if isinstance(frame, framing.SpilledFrame) and isinstance(frame.spill, ClaimCheck):
+        truncated = _add_claim_check(record.headers, frame.spill, frame.size)
+    if truncated:
         record.headers.append(("fhirbus.truncated", b"true"))
     return record
+
+
+def _add_claim_check(headers: Headers, claim: ClaimCheck, size: int) -> bool:
+    """Where the unit's full bytes are (a sealed claim check), or why they are not; returns
+    whether bytes were discarded, by the cap or because the file failed."""
+    if not claim.ok:
+        headers.append(("fhirbus.claim_check_error", (claim.error or "").encode()))
+        return True
+    headers += [
+        ("fhirbus.claim_check", str(claim.path).encode()),
+        ("fhirbus.claim_check_sha256", claim.sha256.encode()),
+        ("fhirbus.claim_check_bytes", str(claim.stored).encode()),
+    ]
+    return size > claim.stored
 
 
 def _base_headers(verdict: Verdict, origin: Origin) -> Headers:

@@ -27,6 +27,7 @@ from fhirbus.settings import Hl7ListenerSettings
 
 from . import framing
 from .ack import AckError, AckHeader, build_ack, is_enhanced, wants_accept_ack
+from .claimcheck import ClaimCheck
 from .claims import WAIT
 from .dedup import DedupWindow
 from .delivery import AsyncDelivery
@@ -265,6 +266,9 @@ class MllpListener:
     ) -> Outcome:
         reason = verdict.reason or "unknown"
         self.metrics.rejected(reason, verdict.code)
+        if isinstance(frame, framing.SpilledFrame) and isinstance(frame.spill, ClaimCheck):
+            # The claim check is named in the record: durable before the record and the NAK.
+            await asyncio.get_running_loop().run_in_executor(None, frame.spill.seal)
         record = rejected_record(REJECTED_HL7, frame, verdict, origin, telemetry.inject())
         try:
             if ticket is None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from fhirbus.settings import ConfigError, Hl7ListenerSettings
 
 from .connection import MllpConnection
-from .framing import Frame
+from .framing import Frame, Spill
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Frame, str], Awaitable[bytes | None]]
@@ -54,9 +54,11 @@ class MllpServer:
         handler: Handler,
         *,
         on_closed: Callable[[], None] | None = None,
+        spill: Callable[[], Spill] | None = None,
     ) -> None:
         self.conf = conf
         self._handler = handler
+        self._spill = spill  # claim checks for oversize units (claimcheck.py)
         self._ssl = tls_context(conf)
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], MllpConnection] = {}
@@ -82,11 +84,13 @@ class MllpServer:
     def connections(self) -> int:
         return len(self._connections)
 
+    def _new_connection(self) -> MllpConnection:
+        return MllpConnection(self.conf.max_message_bytes, self._opened, self._spill)
+
     async def start(self) -> tuple[str, int]:
-        max_bytes = self.conf.max_message_bytes
         self._closing = False
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: MllpConnection(max_bytes, self._opened),
+            self._new_connection,
             self.conf.host,
             self.conf.port,
             ssl=self._ssl,
@@ -104,13 +108,12 @@ class MllpServer:
         task.add_done_callback(self._adopted.discard)
 
     async def _adopt(self, sock: socket.socket) -> None:
-        max_bytes = self.conf.max_message_bytes
         try:
             if self._attached is None or self._closing:
                 raise ConnectionAbortedError("not serving")
             sock.setblocking(False)
             _, conn = await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: MllpConnection(max_bytes, self._opened), sock, ssl=self._ssl
+                self._new_connection, sock, ssl=self._ssl
             )
             await conn.wait_closed()
         except (OSError, ssl.SSLError) as exc:
@@ -190,6 +193,7 @@ class MllpServer:
         finally:
             self._connections.pop(task, None)
             conn.close()
+            conn.release()
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
             log.info("connection closed", extra={"peer": peer, "messages": count})

@@ -105,7 +105,9 @@ def test_rejected_topic_holds_each_bad_input_with_reason(
         payload = data.removeprefix(b"\x0b").removesuffix(b"\x1c\r")[:4096]
         assert payload in by_reason[reason.encode()], reason
     (value, headers), *_ = [(v, h) for v, h in found if h.get("hl7.msh10") == b"O-marker"]
-    assert value == marker[:4096] and headers["fhirbus.truncated"] == b"true"
+    # The head on the topic, every byte in the claim check: nothing was discarded.
+    assert value == marker[:4096] and "fhirbus.truncated" not in headers
+    assert Path(headers["fhirbus.claim_check"].decode()).read_bytes() == marker
     assert headers["fhirbus.size"] == str(len(marker)).encode()
     assert headers["fhirbus.reject_code"] == b"AE"
     assert b"y" not in headers["fhirbus.error_detail"]

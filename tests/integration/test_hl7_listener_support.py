@@ -30,6 +30,7 @@ def listener_settings(settings: Settings, tmp_path: Path, **hl7: Any) -> Setting
         "listener_id": listener_id,
         "feed": listener_id,
         "spool_path": tmp_path / f"{listener_id}.sqlite",
+        "oversize_dir": tmp_path / "rejected" / listener_id,
         "broker_confirm_timeout_s": 1.0,
         **hl7,
     }
