@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +24,9 @@ _SAFE_HEADERS = frozenset({
     "hl7.msh9", "hl7.msh10", "hl7.msh12", "hl7.charset", "fhirbus.received_at",
     "fhirbus.listener_id", "fhirbus.feed", "fhirbus.peer", "fhirbus.event_type",
     "fhirbus.mapping_version", "fhirbus.reject_reason", "fhirbus.reject_code", "fhirbus.size",
-    "fhirbus.truncated", "replay-of", "replay-id", "traceparent", "tracestate",
+    "fhirbus.truncated", "fhirbus.claim_check", "fhirbus.claim_check_sha256",
+    "fhirbus.claim_check_bytes", "fhirbus.claim_check_error",
+    "replay-of", "replay-id", "traceparent", "tracestate",
     "cdc.source", "cdc.lsn", "cdc.txid",
 })
 # CDC envelope parts that are positions and operations, not row values.
@@ -53,9 +56,20 @@ def show(record: DeadLetter, *, show_phi: bool, avro: AvroDecoder | None = None)
             "message_type": record.message_type,
             "source_system": record.source_system,
             "value": decode_value(record, show_phi=show_phi, avro=avro),
+            "claim_check": claim_check(record),
         },
         "phi_shown": show_phi,
     }
+
+
+def claim_check(record: DeadLetter) -> dict[str, Any] | None:
+    """Where the full bytes of an oversize listener reject are, and whether this host sees
+    the file (it is on the listener's disk; replay reads it from there)."""
+    path = record.claim_check
+    if path is None:
+        return None
+    return {"path": path, "sha256": record.header("fhirbus.claim_check_sha256"),
+            "present": Path(path).is_file()}
 
 
 def error_context(record: DeadLetter, *, show_phi: bool) -> dict[str, str]:
@@ -171,6 +185,10 @@ def render(shown: dict[str, Any]) -> str:
                  f"source system: {orig['source_system'] or '-'}")
     lines += [f"  header {k}: {v}" for k, v in orig["headers"].items()]
     value = orig["value"]
+    if claim := orig.get("claim_check"):
+        here = "present on this host" if claim["present"] else "NOT on this host"
+        lines.append(f"claim check: {claim['path']}  ({here}; the value below is only the "
+                     "head, replay sends the file's bytes)")
     lines.append(f"value ({value['format']}):")
     if value["format"] == "hl7v2":
         for seg in value["segments"]:

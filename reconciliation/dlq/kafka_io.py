@@ -107,7 +107,12 @@ def send(
 ) -> list[Sent]:
     """Produce every (record, target topic, headers); return only when all are confirmed,
     else raise (nothing is audited then, so the next run sends them again)."""
-    producer = Producer(producer_config(settings))
+    # A value restored from a claim check may exceed librdkafka's 1 MB default; the broker's
+    # own limit still applies, and its refusal fails the replay below.
+    largest = max((len(record.value or b"") for record, _, _ in items), default=0)
+    producer = Producer(
+        producer_config(settings, **{"message.max.bytes": max(1_000_000, largest + 65536)})
+    )
     try:
         futures: list[tuple[DeadLetter, Future[Message]]] = [
             (record, producer.send(target, record.value, record.key, headers))

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from fhirbus.settings import Settings
 
@@ -15,7 +17,7 @@ from . import kafka_io
 from .audit import Action, AuditStore, Position, Replayed
 from .decode import AvroDecoder
 from .filters import DlqFilter
-from .records import DeadLetter, Headers
+from .records import H_CLAIM_CHECK_SHA256, DeadLetter, Headers
 
 
 def actor_name(explicit: str | None = None) -> str:
@@ -55,6 +57,29 @@ class ReplayPlan:
     send: list[tuple[DeadLetter, str]] = field(default_factory=list)
     already: list[DeadLetter] = field(default_factory=list)
     no_target: list[DeadLetter] = field(default_factory=list)
+
+
+class ClaimCheckError(kafka_io.DlqIoError):
+    """A claim-check file to replay from is missing, unreadable or not what was stored."""
+
+
+def with_claim_check(record: DeadLetter) -> DeadLetter:
+    """The record with its full original bytes when its value is only the head of an
+    oversize listener reject. Never the head instead: a replay must not send a cut message
+    as if whole, so an unusable file stops the replay before anything is sent."""
+    path = record.claim_check
+    if path is None:
+        return record
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ClaimCheckError(
+            f"{record.id}: claim-check file {path} cannot be read ({exc.strerror}): run the "
+            "replay on the listener's host, or copy the file to that path") from None
+    if hashlib.sha256(data).hexdigest() != record.header(H_CLAIM_CHECK_SHA256):
+        raise ClaimCheckError(f"{record.id}: claim-check file {path} does not match the "
+                              "SHA-256 in the record: nothing was replayed")
+    return replace(record, value=data)
 
 
 def plan_replay(
@@ -99,6 +124,7 @@ def replay(
     records = list(enrich(kafka_io.scan(settings, topic), avro))
     selected = select(records, filt, store.purged(topic))
     plan = plan_replay(selected, store.replayed(topic), to, force)
+    plan.send = [(with_claim_check(r), t) for r, t in plan.send]
     replay_id = str(uuid.uuid4())
     report = ReplayReport(replay_id, [], len(plan.already), len(plan.no_target), dry_run)
     if dry_run:

@@ -22,6 +22,10 @@ Headers = list[tuple[str, bytes]]
 # The listener's reject headers (producers/mllp/intake.py rejected_record).
 H_REJECT_REASON = "fhirbus.reject_reason"
 H_REJECT_CODE = "fhirbus.reject_code"
+# Where an oversize unit's full bytes are (producers/mllp/claimcheck.py): the value is
+# only its head.
+H_CLAIM_CHECK = "fhirbus.claim_check"
+H_CLAIM_CHECK_SHA256 = "fhirbus.claim_check_sha256"
 # Headers a replay adds; a record dead-lettered again after a replay keeps them.
 H_REPLAY_OF = "replay-of"
 H_REPLAY_ID = "replay-id"
@@ -173,6 +177,11 @@ class DeadLetter:
         dropped = (H_REPLAY_OF, H_REPLAY_ID, "traceparent", "tracestate")
         kept = [(k, v) for k, v in self.headers if not k.startswith("dlq.") and k not in dropped]
         return [*kept, (H_REPLAY_OF, self.id.encode()), (H_REPLAY_ID, replay_id.encode())]
+
+    @property
+    def claim_check(self) -> str | None:
+        """The file holding the full original bytes, when the value is only their head."""
+        return self.header_map.get(H_CLAIM_CHECK) or None
 
     @property
     def default_target(self) -> str | None:

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from fhirbus.embedded.broker import EmbeddedStack
-from fhirbus.schemas.topics import REJECTED_HL7
+from fhirbus.reconciliation.dlq import kafka_io, ops
+from fhirbus.reconciliation.dlq.audit import AuditStore
+from fhirbus.reconciliation.dlq.filters import DlqFilter
+from fhirbus.schemas.topics import RAW_HL7, REJECTED_HL7
 from fhirbus.settings import Settings
 
 from .test_hl7_listener_support import (
@@ -56,6 +59,18 @@ def test_oversize_message_is_kept_whole_in_a_claim_check(
     assert headers["fhirbus.reject_reason"] == b"too_large"
     assert "fhirbus.truncated" not in headers
     assert files[0].name.startswith(listener.listener_id + "-")
+    replay_whole(conf, files[0], tmp_path)
+    raw = topic_records(embedded_stack.bootstrap, RAW_HL7, listener.listener_id, 2)
+    assert [v for v, h in raw if h["hl7.msh10"] == b"BIG-1"] == [big]
+
+
+def replay_whole(conf: Settings, claim: Path, tmp_path: Path) -> None:
+    """``fhirbus dlq replay --to hl7.raw.v1`` of the reject that names ``claim``."""
+    (record,) = [r for r in kafka_io.scan(conf, REJECTED_HL7) if r.claim_check == str(claim)]
+    only = DlqFilter(ids=frozenset({(REJECTED_HL7, record.partition, record.offset)}))
+    with AuditStore(tmp_path / "audit.sqlite") as store:
+        report = ops.replay(conf, store, REJECTED_HL7, only, actor="test", to=RAW_HL7)
+    assert len(report.replayed) == 1
 
 
 def test_a_stream_beyond_the_cap_is_cut_and_says_so(

@@ -3,6 +3,7 @@ masking, replay planning, purge cut-offs and the audit store."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from fhirbus.reconciliation.dlq.filters import (
     parse_time,
     resolve_topic,
 )
-from fhirbus.reconciliation.dlq.ops import plan_replay, select, truncation_cutoffs
+from fhirbus.reconciliation.dlq.ops import (
+    ClaimCheckError,
+    plan_replay,
+    select,
+    truncation_cutoffs,
+    with_claim_check,
+)
 from fhirbus.reconciliation.dlq.records import DeadLetter, safe_reason
 
 DLQ = "dlq.canonicalizer.v1"
@@ -240,3 +247,38 @@ def test_audit_store_remembers_replays_and_purges(tmp_path: Path) -> None:
     plan = plan_replay([DeadLetter(DLQ, 0, 1, 0, None, b"x", [("dlq.original_topic", b"t")])],
                        {(0, 1)}, None, force=False)
     assert len(plan.already) == 1 and plan.send == []
+
+
+def oversize_reject(tmp_path: Path, full: bytes, digest: str | None = None) -> DeadLetter:
+    path = tmp_path / "mllp-1-20260101T000000.000000Z-abc.bin"
+    path.write_bytes(full)
+    return DeadLetter("hl7.rejected.v1", 0, 4, 0, b"lab", full[:20], [
+        ("fhirbus.listener_id", b"mllp-1"), ("fhirbus.reject_reason", b"too_large"),
+        ("fhirbus.reject_code", b"AE"), ("fhirbus.size", str(len(full)).encode()),
+        ("fhirbus.claim_check", str(path).encode()),
+        ("fhirbus.claim_check_sha256", (digest or hashlib.sha256(full).hexdigest()).encode()),
+    ])
+
+
+def test_show_names_the_claim_check_of_an_oversize_reject(tmp_path: Path) -> None:
+    full = b"MSH|^~\\&|LIS|LAB|C|D|2026||ORU^R01|9|P|2.5\rPID|1||Doe^Jane" + b"x" * 100
+    record = oversize_reject(tmp_path, full)
+    shown = decode.show(record, show_phi=False)
+    assert shown["original"]["claim_check"]["path"] == record.claim_check
+    assert shown["original"]["claim_check"]["present"] is True
+    text = decode.render(shown)
+    assert f"claim check: {record.claim_check}" in text and "Doe" not in text
+    assert decode.show(dead(ORU, KeyError("x")), show_phi=False)["original"]["claim_check"] is None
+
+
+def test_replay_sends_the_claim_check_bytes_or_nothing(tmp_path: Path) -> None:
+    full = b"MSH|^~\\&|LIS|LAB|C|D|2026||ORU^R01|9|P|2.5\rOBX|1|ED|" + b"y" * 100
+    assert with_claim_check(oversize_reject(tmp_path, full)).value == full
+    plain = dead(ORU, KeyError("x"))
+    assert with_claim_check(plain) is plain
+    with pytest.raises(ClaimCheckError, match="does not match"):
+        with_claim_check(oversize_reject(tmp_path, full, digest="0" * 64))
+    gone = oversize_reject(tmp_path, full)
+    Path(gone.claim_check or "").unlink()
+    with pytest.raises(ClaimCheckError, match="cannot be read"):
+        with_claim_check(gone)
