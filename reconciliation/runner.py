@@ -131,15 +131,25 @@ def run_once(settings: Settings, checks: Sequence[str] = CHECKS, *,
             report.checks.append(ck.raw_check(settings, actor, index, canonicalizer_group))
         actor.finish()
     except Exception as exc:  # a run reports what failed; the schedule carries on
-        report.errors.append(f"{type(exc).__name__}: {exc}")
+        # The type only: report.errors is printed, stored and shown by `fhirbus status`,
+        # and a database error or a KeyError can quote a row value or a patient key.
+        report.errors.append(_error_summary(exc))
         log.error("reconcile run failed", extra={"run_id": report.run_id,
                                                  "error_type": type(exc).__name__})
+        log.debug("reconcile run failed", exc_info=True)
     report.finished_at = datetime.now(UTC)
     try:
         _close_run(settings, report, worklist)
     finally:
         worklist.close()
     return report
+
+
+def _error_summary(exc: BaseException) -> str:
+    """What failed, without the exception's text; a database error keeps its SQLSTATE."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    state = f" (SQLSTATE {sqlstate})" if isinstance(sqlstate, str) and sqlstate else ""
+    return f"{type(exc).__name__}{state}: detail withheld (may quote content); see DEBUG log"
 
 
 def _close_run(settings: Settings, report: RunReport, worklist: Worklist) -> None:
