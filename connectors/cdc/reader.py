@@ -242,3 +242,25 @@ def _retrying(reader: CdcReader, stop: threading.Event, action: object) -> int:
             log.error("cdc: slot output not understood; stopping without advancing the slot",
                       extra={"source": reader.source.name})
             raise
+        except ConfigError:
+            raise  # names settings and tables, never row values: shown as it is
+        except Exception as exc:
+            raise _stopped(reader, exc) from None
+
+
+class ReaderStopped(Exception):
+    """The reader stopped on an error whose text is withheld (it may quote a row value);
+    the slot did not advance, so nothing is lost."""
+
+
+def _stopped(reader: CdcReader, exc: Exception) -> ReaderStopped:
+    """A conversion error ("invalid literal for int(): '<value>'", after a column changed
+    type) or a database error can quote row values, and an uncaught exception's text ends
+    up in the service's log: the type (and SQLSTATE) at ERROR, the detail at DEBUG only."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    log.error("cdc: stopping without advancing the slot", extra={
+        "source": reader.source.name, "error_type": type(exc).__name__, "sqlstate": sqlstate})
+    log.debug("cdc: stopping without advancing the slot", exc_info=exc)
+    state = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    return ReaderStopped(f"source {reader.source.name}: {type(exc).__name__}{state} "
+                         "(detail withheld: may quote row values; FHIRBUS_LOG_LEVEL=DEBUG logs it)")
