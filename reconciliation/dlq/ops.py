@@ -67,6 +67,13 @@ def with_claim_check(record: DeadLetter) -> DeadLetter:
     """The record with its full original bytes when its value is only the head of an
     oversize listener reject. Never the head instead: a replay must not send a cut message
     as if whole, so an unusable file stops the replay before anything is sent."""
+    if record.header("fhirbus.truncated") == "true":
+        # Bytes were discarded (over the claim-check cap, or no file could be written): what
+        # is kept is a cut message. The sender was NAKed and still has the whole one.
+        raise ClaimCheckError(
+            f"{record.id}: only part of this {record.header('fhirbus.size', '?')}-byte message "
+            "was kept, so it cannot be replayed whole: nothing was replayed; ask the sender "
+            "to send it again")
     path = record.claim_check
     if path is None:
         return record

@@ -4,6 +4,7 @@ masking, replay planning, purge cut-offs and the audit store."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -282,3 +283,16 @@ def test_replay_sends_the_claim_check_bytes_or_nothing(tmp_path: Path) -> None:
     Path(gone.claim_check or "").unlink()
     with pytest.raises(ClaimCheckError, match="cannot be read"):
         with_claim_check(gone)
+
+
+def test_replay_refuses_a_reject_whose_bytes_were_cut(tmp_path: Path) -> None:
+    # Over the claim-check cap, or with no file: the kept bytes are a cut message, and a
+    # replay must not publish it as if whole (regression: the head was sent as the message).
+    full = b"MSH|^~\\&|LIS|LAB|C|D|2026||ORU^R01|9|P|2.5\rOBX|1|ED|" + b"z" * 100
+    capped = oversize_reject(tmp_path, full[:64])
+    cut = replace(capped, headers=[*capped.headers, ("fhirbus.truncated", b"true")])
+    with pytest.raises(ClaimCheckError, match="cannot be replayed whole"):
+        with_claim_check(cut)
+    head_only = replace(dead(ORU, KeyError("x")), headers=[("fhirbus.truncated", b"true")])
+    with pytest.raises(ClaimCheckError, match="cannot be replayed whole"):
+        with_claim_check(head_only)
