@@ -240,6 +240,8 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
         report = ops.purge(settings, store, topic, selected, records, filt,
                            actor=ops.actor_name(args.actor), delete_records=args.delete_records)
     print(report.summary())
+    for note in report.notes:
+        print(f"  {note}")
     return 0 if report.truncate_error is None else 1
 
 

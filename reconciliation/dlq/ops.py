@@ -156,9 +156,12 @@ class PurgeReport:
     truncated: dict[int, int]
     truncate_error: str | None
     notes: list[str]
+    claim_checks_deleted: int = 0
 
     def summary(self) -> str:
         text = f"{self.purged} record(s) marked purged (hidden from list, never replayed)"
+        if self.claim_checks_deleted:
+            text += f"; {self.claim_checks_deleted} claim-check file(s) deleted"
         if self.truncated and self.truncate_error is None:
             cut = ", ".join(f"partition {p} before offset {o}" for p, o in self.truncated.items())
             text += f"; deleted from Kafka: {cut}"
@@ -194,6 +197,7 @@ def purge(
     positions = [(r.partition, r.offset) for r in selected]
     report = PurgeReport(action_id, len(positions), {}, None, [])
     if delete_records:
+        report.claim_checks_deleted, report.notes = delete_claim_checks(selected)
         gone = store.purged(topic) | set(positions)
         report.truncated = truncation_cutoffs(records, gone)
         if report.truncated:
@@ -204,3 +208,21 @@ def purge(
                     len(positions), 0, note)
     store.record_purge(action, positions)
     return report
+
+
+def delete_claim_checks(selected: Sequence[DeadLetter]) -> tuple[int, list[str]]:
+    """With --delete-records the operator deletes the purged messages' bytes, and the
+    full bytes of an oversize reject are in its claim-check file on the listener's disk,
+    not on the topic. Returns how many files went, and a note per file that could not."""
+    deleted, notes = 0, []
+    for record in selected:
+        if record.claim_check is None:
+            continue
+        try:
+            Path(record.claim_check).unlink()
+            deleted += 1
+        except FileNotFoundError:
+            notes.append(f"{record.id}: claim-check file not on this host: {record.claim_check}")
+        except OSError as exc:
+            notes.append(f"{record.id}: cannot delete {record.claim_check} ({exc.strerror})")
+    return deleted, notes

@@ -31,6 +31,7 @@ from fhirbus.reconciliation.dlq.filters import (
 )
 from fhirbus.reconciliation.dlq.ops import (
     ClaimCheckError,
+    delete_claim_checks,
     plan_replay,
     select,
     truncation_cutoffs,
@@ -296,3 +297,13 @@ def test_replay_refuses_a_reject_whose_bytes_were_cut(tmp_path: Path) -> None:
     head_only = replace(dead(ORU, KeyError("x")), headers=[("fhirbus.truncated", b"true")])
     with pytest.raises(ClaimCheckError, match="cannot be replayed whole"):
         with_claim_check(head_only)
+
+
+def test_deleting_purged_records_deletes_their_claim_check_files(tmp_path: Path) -> None:
+    kept = oversize_reject(tmp_path, b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.5\r" + b"q" * 50)
+    path = Path(kept.claim_check or "")
+    assert path.is_file()
+    assert delete_claim_checks([kept, dead(ORU, KeyError("x"))]) == (1, [])
+    assert not path.exists()
+    deleted, notes = delete_claim_checks([kept])  # already gone: said, not an error
+    assert deleted == 0 and "not on this host" in notes[0]
