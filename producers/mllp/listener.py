@@ -366,8 +366,10 @@ class _MessageSpan:
         span = self._span
         try:
             if isinstance(exc, Exception) and span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                # The type only: an exception's text (and a recorded exception event's
+                # message and stack) may quote message content, and spans are exported.
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         finally:
             context.detach(self._token)
             span.end()

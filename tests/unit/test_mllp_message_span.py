@@ -47,3 +47,17 @@ def test_without_one_a_message_still_has_its_own_sampled_trace(
         assert (version, flags) == ("00", recorded_flags) and int(flags, 16) & 1
     assert first[0] != second[0]
     assert not [s for s in spans.get_finished_spans() if s.name == "hl7.mllp.message"]
+
+
+def test_an_escaping_exception_marks_the_span_without_its_text(
+    spans: InMemorySpanExporter,
+) -> None:
+    # Regression: the span's status and exception event carried str(exc), which may quote
+    # message content (PHI), to whatever exports spans.
+    with pytest.raises(ValueError), listener._MessageSpan(telemetry.tracer("test"), {}):
+        raise ValueError("PID|1||MRN-4471||Zebulonski^Quentina")
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "hl7.mllp.message"]
+    assert span.status.description == "ValueError"
+    assert span.attributes is not None and span.attributes["error.type"] == "ValueError"
+    exported = span.to_json()
+    assert "Zebulonski" not in exported and "MRN-4471" not in exported
