@@ -99,8 +99,9 @@ class ListenerApp:
             claims=claims,
         )
         # on_closed: a worker tells its parent, which balances connections by their count.
+        self._claim_checks = claim_checks(settings)
         self.server = MllpServer(
-            self.conf, self.listener.handle, on_closed=on_closed, spill=claim_checks(settings)
+            self.conf, self.listener.handle, on_closed=on_closed, spill=self._claim_checks
         )
 
     def _new_producer(self) -> Producer:
@@ -109,7 +110,7 @@ class ListenerApp:
         )
 
     async def start(self) -> tuple[str, int]:
-        await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
+        await asyncio.get_running_loop().run_in_executor(None, self._open_files)
         await self.listener.start()
         host, port = await self.server.start()
         log.info(
@@ -120,9 +121,16 @@ class ListenerApp:
 
     async def start_worker(self, address: tuple[str, int]) -> None:
         """As start, in a worker process: the parent listens and passes connections over."""
-        await asyncio.get_running_loop().run_in_executor(None, self.spool.start)
+        await asyncio.get_running_loop().run_in_executor(None, self._open_files)
         await self.listener.start()
         self.server.attach(address)
+
+    def _open_files(self) -> None:
+        self.spool.start()
+        if self._claim_checks is not None:
+            # Twice the idle timeout: a live unit's file is written to more often than that
+            # (workers share the directory, so a younger one may be another's in progress).
+            self._claim_checks.sweep(2 * self.conf.idle_timeout_s + 60)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         await self.server.close(grace_s)

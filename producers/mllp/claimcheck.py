@@ -10,6 +10,11 @@ blocks, so the listener runs it in an executor before the NAK goes out. Any OSEr
 the claim check fail without the decoder noticing: its partial file is removed, a WARNING
 is logged (the errno name and the directory, never bytes) and the record falls back to
 the head alone, saying why.
+
+A file is written under ``<name>.part`` and renamed when sealed, so a listener killed in
+the middle of a unit leaves a ``.part`` file that no record names; ``sweep`` removes such
+files once they are older than any live unit could be (a unit in progress is written to
+at least every idle timeout, or its connection is closed and its file removed).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +33,7 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PART = ".part"  # a file still being written
 
 
 class ClaimCheck:
@@ -35,6 +42,7 @@ class ClaimCheck:
 
     def __init__(self, path: Path, cap: int) -> None:
         self.path = path
+        self._part = path.with_name(path.name + _PART)
         self.cap = cap
         self.stored = 0  # bytes in the file
         self.error: str | None = None  # errno name once writing failed
@@ -43,7 +51,7 @@ class ClaimCheck:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # 0600 and O_EXCL: the bytes are PHI, and the name must be this unit's alone.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(self._part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             self._file = os.fdopen(fd, "wb")
         except OSError as exc:
             self._fail(exc)
@@ -82,6 +90,7 @@ class ClaimCheck:
             file.flush()
             os.fsync(file.fileno())
             file.close()
+            os.replace(self._part, self.path)
             _fsync_dir(self.path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -95,7 +104,7 @@ class ClaimCheck:
             with contextlib.suppress(OSError):
                 file.close()
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                self._part.unlink()
 
     def _fail(self, exc: OSError) -> None:
         self.error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
@@ -118,6 +127,21 @@ class ClaimChecks:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{self.prefix}-{stamp}-{uuid.uuid4().hex}.bin"
         return ClaimCheck(self.directory / name, self.cap)
+
+    def sweep(self, older_than_s: float) -> int:
+        """Remove this listener's unsealed files not written to for ``older_than_s``: left
+        by a process that died mid-unit, named by no record. Returns how many went."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for part in self.directory.glob(f"{self.prefix}-*.bin{_PART}"):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        if removed:
+            log.info("removed unsealed claim-check files left by a stopped listener",
+                     extra={"count": removed, "claim_check_dir": str(self.directory)})
+        return removed
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,29 @@ def test_write_error_removes_the_partial_file(
     claim.seal()
     assert claim.error == "ENOSPC" and not claim.path.exists()
     assert "secret" not in caplog.text and "claim-check file not written" in caplog.text
+
+
+def test_a_unit_is_written_unsealed_and_named_only_when_sealed(tmp_path: Path) -> None:
+    claim = ClaimChecks(tmp_path, "l1", cap=100)()
+    claim.write(b"MSH|part")
+    assert not claim.path.exists()  # a reader never sees a half-written claim check
+    assert [p.name for p in tmp_path.iterdir()] == [claim.path.name + ".part"]
+    claim.seal()
+    assert [p.name for p in tmp_path.iterdir()] == [claim.path.name]
+
+
+def test_sweep_removes_only_old_unsealed_files_of_this_listener(tmp_path: Path) -> None:
+    checks = ClaimChecks(tmp_path, "l1", cap=100)
+    orphan, live, sealed = checks(), checks(), checks()
+    for claim in (orphan, live, sealed):
+        claim.write(b"MSH|x")
+    sealed.seal()
+    other = tmp_path / "l2-20260101T000000.000000Z-abc.bin.part"  # another listener's
+    other.write_bytes(b"MSH|y")
+    old = time.time() - 3600
+    for path in (orphan.path.with_name(orphan.path.name + ".part"), other, sealed.path):
+        os.utime(path, (old, old))
+    assert checks.sweep(older_than_s=600) == 1
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {live.path.name + ".part", sealed.path.name, other.name}
+    live.abort()
