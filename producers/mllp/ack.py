@@ -129,7 +129,9 @@ def _msa_text(error: AckError | None) -> list[str]:
 
 
 def _err_segment(error: AckError, version: str, fs: str, comp: str, enc: str) -> str:
-    sub = enc[3:4] or "&"
+    # The subcomponent separator is MSH-2's 4th character, but some senders double the
+    # escape character (``^~\\&``, seen in real feeds): skip repeats of the first three.
+    sub = next((c for c in enc[3:] if c not in enc[:3]), "&")
     code_text = _ERR_TEXT.get(error.code, "Application error")
     if version.startswith(_ELD_VERSIONS) and not version.startswith("2.5"):
         # ELD: segment^sequence^field^code&text&table

@@ -57,6 +57,10 @@ def test_nak_has_err_segment_in_the_versions_format() -> None:
     old_header = AckHeader(version="2.3", control_id="9")
     old = segments(build_ack(old_header, "AR", ack_control_id="A", now=NOW, own_app="m", error=err))
     assert old[2] == ["ERR", "MSH^1^12^203&Unsupported version id&HL70357"]
+    # A sender that doubles the escape character in MSH-2 (lfh-sample_*): still "&".
+    doubled = AckHeader(version="2.3", control_id="9", encoding_chars="^~\\\\&")
+    odd = segments(build_ack(doubled, "AR", ack_control_id="A", now=NOW, own_app="m", error=err))
+    assert odd[2] == ["ERR", "MSH^1^12^203&Unsupported version id&HL70357"]
 
 
 def test_custom_delimiters_are_reused() -> None:
