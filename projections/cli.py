@@ -56,12 +56,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from fhirbus import telemetry
 
     from . import app
+    from .store import StoreUnavailable
 
     name = args.projection
     app.build_projection(name, settings)  # configuration errors stop here, before Kafka
     telemetry.configure(settings, service=f"fhirbus-projection-{name}")
-    done = app.run(name, settings, max_records=args.max_records, idle_exit_s=args.idle_exit,
-                   group=args.group, delay_s=args.apply_delay)
+    try:
+        done = app.run(name, settings, max_records=args.max_records,
+                       idle_exit_s=args.idle_exit, group=args.group, delay_s=args.apply_delay)
+    except StoreUnavailable as exc:
+        # At start (mid-batch the runtime waits an outage out): a wrong DSN shows at once,
+        # in one line, and whatever supervises the process restarts it.
+        print(f"fhirbus: projection {name}: {exc}", file=sys.stderr)
+        return 1
     print(f"{name}: projected {done} record(s)", file=sys.stderr)
     return 0
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from fhirbus.consumers.errors import DownstreamUnavailable
+
 Row = tuple[Any, ...]
 # Rows per multi-row statement: far below SQLite's 32,766 and PostgreSQL's 65,535
 # parameters for our widest tables, and few distinct statement texts to prepare.
@@ -193,6 +195,12 @@ def _pg(sql: str) -> str:
     return out
 
 
+class StoreUnavailable(DownstreamUnavailable):
+    """The read-model database cannot be reached. To the runtime an outage (it waits and
+    retries the batch, dead-letters nothing); at start ``fhirbus project`` prints it and
+    exits. The text names the host, never the DSN's password."""
+
+
 class PostgresStore:
     """One psycopg connection, reopened after a failure (the runtime retries the batch).
 
@@ -213,7 +221,14 @@ class PostgresStore:
         import psycopg
 
         if self._conn is None or self._conn.closed or self._conn.broken:
-            conn = psycopg.connect(self.dsn, autocommit=True)
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.OperationalError as exc:
+                # libpq's first line says why (refused, auth, unknown database) and names
+                # host and port, not the password the DSN may carry.
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise StoreUnavailable(
+                    f"cannot connect to PostgreSQL at {describe(self.dsn)}: {why}") from exc
             if not self.durable:
                 conn.execute("SET synchronous_commit = off")
             conn.autocommit = False
@@ -249,4 +264,10 @@ def describe(dsn: str) -> str:
     if dsn.startswith(("postgresql://", "postgres://")):
         p = urlparse(dsn)
         return f"postgresql://{p.hostname or ''}{':' + str(p.port) if p.port else ''}{p.path}"
+    if "dbname=" in dsn:  # conninfo (``host=... password=...``): keep where, drop who
+        from psycopg.conninfo import conninfo_to_dict
+
+        c = conninfo_to_dict(dsn)
+        port = f":{c['port']}" if c.get("port") else ""
+        return f"postgresql://{c.get('host', '')}{port}/{c.get('dbname', '')}"
     return dsn

@@ -7,6 +7,7 @@ and its final read model equals an uninterrupted run's, positions at the high wa
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +193,19 @@ def test_connections_killed_mid_run_reconnects_and_equals_an_uninterrupted_run(
     # Each event counted once: a retried batch re-applied nothing (stats commit with rows).
     assert _stats(disrupted, name)["events"] == total
     assert _dump(disrupted, name) == _dump(reference, name)
+
+
+def test_database_unreachable_at_start_exits_with_one_line_naming_the_host(
+    settings: Settings, repo_root: Path,
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FHIRBUS_PROJECTIONS__DSN":
+           f"postgresql://fhirbus:hunter2-secret@127.0.0.1:{port}/readmodels"}
+    run = subprocess.run([sys.executable, "-m", "fhirbus.cli", "project", "ehr"], cwd=repo_root,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"cannot connect to PostgreSQL at postgresql://127.0.0.1:{port}/readmodels" in (
+        run.stderr)
+    assert "Traceback" not in run.stderr and "hunter2" not in run.stderr + run.stdout

@@ -97,6 +97,8 @@ def test_open_store_reads_dsns(tmp_path: Path) -> None:
     sqlite.close()
     assert isinstance(open_store("postgresql://u:pw@db:5433/x"), PostgresStore)
     assert describe("postgresql://u:pw@db:5433/x") == "postgresql://db:5433/x"
+    # A conninfo DSN carries its password too; status output and errors must drop it.
+    assert describe("host=db port=5433 dbname=x user=u password=pw") == "postgresql://db:5433/x"
 
 
 @pytest.mark.parametrize("durable", [False, True])
