@@ -201,6 +201,27 @@ class StoreUnavailable(DownstreamUnavailable):
     exits. The text names the host, never the DSN's password."""
 
 
+# libpq defaults wait for the OS: a server that vanishes without a reset (a failover that
+# moves its address, a dropped route) would hold a batch for the kernel's TCP timeout,
+# minutes, before the runtime could reconnect. These notice it in about half a minute. A
+# DSN that sets any of them keeps its own value.
+_LIVENESS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # ms: unacknowledged data, e.g. a COMMIT sent into the void
+}
+
+
+def _liveness(dsn: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(dsn)
+    return {k: v for k, v in _LIVENESS.items() if k not in given}
+
+
 class PostgresStore:
     """One psycopg connection, reopened after a failure (the runtime retries the batch).
 
@@ -222,7 +243,7 @@ class PostgresStore:
 
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
-                conn = psycopg.connect(self.dsn, autocommit=True)
+                conn = psycopg.connect(self.dsn, autocommit=True, **_liveness(self.dsn))
             except psycopg.OperationalError as exc:
                 # libpq's first line says why (refused, auth, unknown database) and names
                 # host and port, not the password the DSN may carry.

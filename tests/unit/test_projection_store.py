@@ -121,3 +121,20 @@ def test_commits_wait_for_the_wal_flush_only_when_durable(
                     assert mode == ("on" if durable else "off")
         finally:
             store.close()
+
+
+def test_postgres_connections_notice_a_vanished_server(tmp_path: Path) -> None:
+    # Without keepalives and a TCP user timeout, a server gone without a reset (failover)
+    # held a batch for the kernel's TCP timeout before the runtime could reconnect.
+    if why := testing.pg_available():
+        pytest.skip(why)
+    with testing.backend_dsn("postgresql", tmp_path) as dsn:
+        mine = f"{dsn}{'&' if '?' in dsn else '?'}connect_timeout=3"
+        store = PostgresStore(mine)
+        try:
+            params = store._connection().info.get_parameters()
+        finally:
+            store.close()
+    assert params["keepalives"] == "1" and params["keepalives_idle"] == "15"
+    assert params["tcp_user_timeout"] == "30000"
+    assert params["connect_timeout"] == "3"  # what the DSN says wins
