@@ -22,16 +22,14 @@ from urllib.parse import urlparse
 
 import pytest
 
-from fhirbus.kafka.config import producer_config, resolve_registry_url
-from fhirbus.kafka.producer import Producer
 from fhirbus.projections import app, positions, testing
 from fhirbus.projections.migrations import prefix
 from fhirbus.projections.rebuild import watermarks
 from fhirbus.projections.store import open_store
 from fhirbus.schemas.envelope import CanonicalEvent
-from fhirbus.schemas.serde import EnvelopeSerde, registry_client
 from fhirbus.schemas.topics import canonical_topic
 from fhirbus.settings import Settings, load_settings
+from tests.integration.test_projection_sigkill import publish
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 KILLS = 4
@@ -40,16 +38,6 @@ PACE = {"ehr": (0.002, 200), "billing": (0.02, 20)}
 
 
 _published: set[int] = set()
-
-
-def _publish(settings: Settings, events: list[CanonicalEvent]) -> None:
-    serde = EnvelopeSerde(registry_client(resolve_registry_url(settings)))
-    producer = Producer(producer_config(settings))
-    for event in events:
-        topic = canonical_topic(event.resource_type)
-        producer.send(topic, serde.serialize(event, topic), event.key)
-    assert producer.flush(60) == 0
-    producer.close(30)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def history() -> list[CanonicalEvent]:
 def published(settings: Settings, history: list[CanonicalEvent]) -> list[CanonicalEvent]:
     """Published once per module (the stack is module-scoped); every test reads it all."""
     if id(history) not in _published:
-        _publish(settings, history)
+        publish(settings, history)
         _published.add(id(history))
     return history
 
