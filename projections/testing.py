@@ -17,7 +17,7 @@ from fhirbus.schemas.envelope import CanonicalEvent
 from . import positions as pos
 from .core import Projection
 from .migrations import prefix
-from .store import PostgresStore, SqliteStore, Store
+from .store import PostgresStore, SqliteStore, Store, open_store
 
 PG_BASE_DSN = os.environ.get("FHIRBUS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
@@ -212,3 +212,25 @@ def _a40(survivor: str, retired: str, ts: int) -> str:
         f"PID|1||{survivor}^^^HOSP^MR||Doe{survivor[-3:]}^Pat||19800102|F",
         f"MRG|{retired}^^^HOSP^MR",
     ])
+
+
+def stored_stats(dsn: str, name: str, generation: int = 1) -> dict[str, int]:
+    """The counters a projection commits with its read model; {} before it migrated."""
+    store = open_store(dsn)
+    try:
+        with store.transaction(lock=False) as tx:
+            return pos.load_stats(tx, prefix(name, generation))
+    except Exception:
+        return {}  # not migrated yet
+    finally:
+        store.close()
+
+
+def stored_positions(dsn: str, name: str, generation: int = 1) -> dict[tuple[str, int], int]:
+    """The next offsets a projection stored with its read model (what a restart resumes at)."""
+    store = open_store(dsn)
+    try:
+        with store.transaction(lock=False) as tx:
+            return pos.load(tx, prefix(name, generation))
+    finally:
+        store.close()

@@ -22,8 +22,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from fhirbus.projections import app, positions, testing
-from fhirbus.projections.migrations import prefix
+from fhirbus.projections import app, testing
 from fhirbus.projections.rebuild import watermarks
 from fhirbus.projections.store import open_store
 from fhirbus.schemas.envelope import CanonicalEvent
@@ -85,26 +84,6 @@ def _terminate(app_name: str, busy: bool) -> int:
             time.sleep(0.002)
 
 
-def _stats(dsn: str, name: str) -> dict[str, int]:
-    store = open_store(dsn)
-    try:
-        with store.transaction(lock=False) as tx:
-            return positions.load_stats(tx, prefix(name, 1))
-    except Exception:
-        return {}  # not migrated yet
-    finally:
-        store.close()
-
-
-def _stored_positions(dsn: str, name: str) -> dict[tuple[str, int], int]:
-    store = open_store(dsn)
-    try:
-        with store.transaction(lock=False) as tx:
-            return positions.load(tx, prefix(name, 1))
-    finally:
-        store.close()
-
-
 def _dump(dsn: str, name: str) -> dict[str, list]:
     store = open_store(dsn)
     try:
@@ -136,14 +115,14 @@ def _disrupt(proc: subprocess.Popen, dsn: str, name: str, total: int,
     hits = 0
     for k in range(1, KILLS + 1):
         deadline = time.monotonic() + 90
-        while _stats(dsn, name).get("events", 0) < total * k // (KILLS + 1):
+        while testing.stored_stats(dsn, name).get("events", 0) < total * k // (KILLS + 1):
             assert proc.poll() is None, "the projection exited before the kill"
             assert time.monotonic() < deadline, "no progress before the kill"
             time.sleep(0.02)
-        before = _stats(dsn, name).get("events", 0)
+        before = testing.stored_stats(dsn, name).get("events", 0)
         hits += hit(k)
         deadline = time.monotonic() + 60
-        while _stats(dsn, name).get("events", 0) <= before:
+        while testing.stored_stats(dsn, name).get("events", 0) <= before:
             assert proc.poll() is None, f"the projection exited after kill {k}"
             assert time.monotonic() < deadline, f"no batch committed after kill {k}"
             time.sleep(0.02)
@@ -175,7 +154,7 @@ def _assert_recovered_exactly(settings: Settings, name: str, schemas: tuple[str,
     app.run(name, load_settings(projections={"dsn": reference}), group=group,
             idle_exit_s=5, install_signals=False)
     marks = watermarks(settings, sorted(app.build_projection(name, settings).topics))
-    final = _stored_positions(disrupted, name)
+    final = testing.stored_positions(disrupted, name)
     assert {tp: final.get(tp, low) for tp, (low, _) in marks.items()} == {
         tp: high for tp, (_, high) in marks.items()}
     assert _dump(disrupted, name) == _dump(reference, name)
@@ -204,7 +183,7 @@ def test_connections_killed_mid_run_reconnects_and_equals_an_uninterrupted_run(
     _assert_recovered_exactly(settings, name, schemas, log, dlq_before, f"{name}-ref-{unique}")
     # Each event counted once: a killed batch rolled back whole and was applied once on
     # retry (a backend flushes COMMIT's acknowledgement before it acts on the kill).
-    assert _stats(disrupted, name)["events"] == total
+    assert testing.stored_stats(disrupted, name)["events"] == total
 
 
 def test_commit_acknowledgement_lost_retry_is_harmless(
@@ -222,10 +201,10 @@ def test_commit_acknowledgement_lost_retry_is_harmless(
         lost = _run_disrupted(proc, disrupted, name, total, lambda _: proxy.drop_next_ack())
     assert lost == KILLS
     _assert_recovered_exactly(settings, name, schemas, log, dlq_before, f"{name}-aref-{unique}")
-    stats = _stats(disrupted, name)
+    stats = testing.stored_stats(disrupted, name)
     # The committed batches really were delivered twice (counted as duplicates, not applied).
-    assert stats.get("duplicates", 0) > 0 and stats["applied"] == _stats(schemas[1], name)[
-        "applied"]
+    reference = testing.stored_stats(schemas[1], name)
+    assert stats.get("duplicates", 0) > 0 and stats["applied"] == reference["applied"]
 
 
 class _CommitAckDropper:

@@ -17,8 +17,7 @@ import pytest
 
 from fhirbus.kafka.config import producer_config, resolve_registry_url
 from fhirbus.kafka.producer import Producer
-from fhirbus.projections import app, positions, testing
-from fhirbus.projections.migrations import prefix
+from fhirbus.projections import app, testing
 from fhirbus.projections.rebuild import watermarks
 from fhirbus.projections.store import open_store
 from fhirbus.schemas.envelope import CanonicalEvent
@@ -66,25 +65,7 @@ def dsns(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
 
 
 def _events_applied(dsn: str, name: str) -> int:
-    """Records the projection has committed (its own stats, written with its offsets)."""
-    store = open_store(dsn)
-    try:
-        with store.transaction(lock=False) as tx:
-            return positions.load_stats(tx, prefix(name, 1)).get("events", 0)
-    except Exception:
-        return 0  # not migrated yet
-    finally:
-        store.close()
-
-
-def _stored_positions(dsn: str, name: str) -> dict[tuple[str, int], int]:
-    """The next offsets the projection stored with its read model (what a restart resumes at)."""
-    store = open_store(dsn)
-    try:
-        with store.transaction(lock=False) as tx:
-            return positions.load(tx, prefix(name, 1))
-    finally:
-        store.close()
+    return testing.stored_stats(dsn, name).get("events", 0)
 
 
 def _spawn(name: str, dsn: str, group: str, repo: Path, idle_exit: float | None
@@ -126,7 +107,7 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(
     first.wait(10)
     killed_at = _events_applied(crashed, name)
     assert 0 < killed_at < total, "the kill must land while work remains"
-    stored = _stored_positions(crashed, name)
+    stored = testing.stored_positions(crashed, name)
     marks = watermarks(settings, sorted(topics))
     # Positions and counters share each batch's transaction: what is stored is what was applied.
     assert sum(stored.get(tp, low) - low for tp, (low, _) in marks.items()) == killed_at
@@ -141,7 +122,7 @@ def test_sigkill_mid_batch_then_restart_equals_an_uninterrupted_run(
     # The restart resumed at the stored offsets: it consumed exactly what was left, no more
     # (a restart from the beginning, or from the group's Kafka offsets, would re-read some).
     assert _events_applied(crashed, name) - killed_at == remaining
-    final = _stored_positions(crashed, name)
+    final = testing.stored_positions(crashed, name)
     assert {tp: final.get(tp, low) for tp, (low, _) in marks.items()} == {
         tp: high for tp, (_, high) in marks.items()}
     assert _dump(crashed, name) == _dump(reference, name)
